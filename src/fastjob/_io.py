@@ -1,0 +1,99 @@
+"""Selects the token I/O implementation once, at import.
+
+The native ``_fastjob`` extension is used when it was built and
+``FASTJOB_NO_EXTENSIONS`` is unset; otherwise :mod:`fastjob._io_py`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import NamedTuple
+
+NATIVE: bool
+if os.environ.get("FASTJOB_NO_EXTENSIONS", "") not in ("", "0"):
+    from . import _io_py as _impl
+
+    NATIVE = False
+else:
+    try:
+        import _fastjob as _impl  # type: ignore[no-redef]
+
+        NATIVE = True
+    except ImportError:
+        from . import _io_py as _impl
+
+        NATIVE = False
+
+AGAIN: int = _impl.AGAIN
+EOF: int = _impl.EOF
+try_read = _impl.try_read
+read_blocking = _impl.read_blocking
+read_nowait = _impl.read_nowait
+write = _impl.write
+wait_readable = _impl.wait_readable
+available = _impl.available
+fill = _impl.fill
+drain = _impl.drain
+reopen_private = _impl.reopen_private
+
+
+class FdInfo(NamedTuple):
+    """What an fd is: file type, pipe identity, access mode and flags."""
+
+    mode: int
+    dev: int
+    ino: int
+    uid: int
+    fl_flags: int
+    fd_flags: int
+
+    @property
+    def is_fifo(self) -> bool:
+        return stat.S_ISFIFO(self.mode)
+
+    @property
+    def access(self) -> int:
+        """os.O_RDONLY, os.O_WRONLY or os.O_RDWR."""
+        return self.fl_flags & os.O_ACCMODE
+
+    @property
+    def readable(self) -> bool:
+        return self.access in (os.O_RDONLY, os.O_RDWR)
+
+    @property
+    def writable(self) -> bool:
+        return self.access in (os.O_WRONLY, os.O_RDWR)
+
+    @property
+    def nonblocking(self) -> bool:
+        return bool(self.fl_flags & os.O_NONBLOCK)
+
+    @property
+    def cloexec(self) -> bool:
+        return bool(self.fd_flags & 1)  # FD_CLOEXEC
+
+    @property
+    def kind(self) -> str:
+        """A word for the file type, as a person would say it."""
+        m = self.mode
+        if stat.S_ISFIFO(m):
+            return "pipe"
+        if stat.S_ISREG(m):
+            return "regular file"
+        if stat.S_ISDIR(m):
+            return "directory"
+        if stat.S_ISSOCK(m):
+            return "socket"
+        if stat.S_ISCHR(m):
+            return "character device (tty or device)"
+        if stat.S_ISBLK(m):
+            return "block device"
+        if stat.S_ISLNK(m):
+            return "symlink"
+        return "unknown file type"
+
+
+def fd_info(fd: int) -> FdInfo:
+    """fstat + F_GETFL + F_GETFD of fd; OSError (EBADF) when it is closed."""
+    return FdInfo(*_impl.fd_info(fd))

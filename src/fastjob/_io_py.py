@@ -1,0 +1,142 @@
+"""Pure-Python token I/O: the same functions and results as the native
+``_fastjob`` extension (os.read, os.preadv, select.poll, fcntl)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import struct
+import termios
+import time
+
+AGAIN = -2
+EOF = -3
+
+_AGAIN_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def try_read(fd: int) -> int:
+    """One non-blocking read of one token byte (fd must be non-blocking)."""
+    while True:
+        try:
+            data = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        except BlockingIOError:
+            return AGAIN
+        return data[0] if data else EOF
+
+
+def read_blocking(fd: int) -> int:
+    """One read that may block (reader thread only); os.read drops the GIL."""
+    return try_read(fd)
+
+
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def read_nowait(fd: int) -> int:
+    """preadv2(RWF_NOWAIT): a non-blocking read on a blocking, shared fd."""
+    if _RWF_NOWAIT is None or not hasattr(os, "preadv"):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    buf = bytearray(1)
+    while True:
+        try:
+            n = os.preadv(fd, [buf], -1, _RWF_NOWAIT)
+        except InterruptedError:
+            continue
+        except BlockingIOError:
+            return AGAIN
+        return buf[0] if n else EOF
+
+
+def write(fd: int, byte: int) -> int:
+    """Write one token byte (EINTR retried)."""
+    data = bytes((byte,))
+    while True:
+        try:
+            if os.write(fd, data) == 1:
+                return 0
+        except InterruptedError:
+            continue
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def wait_readable(fd: int, cancel_fd: int = -1, timeout: float | None = None) -> int:
+    """Block until fd is readable: 1, cancel_fd is: 2, timeout: 0."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if cancel_fd >= 0:
+        poller.register(cancel_fd, select.POLLIN)
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        wait_ms = None
+        if deadline is not None:
+            wait_ms = max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+        events = poller.poll(wait_ms)
+        if not events:
+            if deadline is None or time.monotonic() < deadline:
+                continue
+            return 0
+        ready = dict(events)
+        if cancel_fd >= 0 and cancel_fd in ready:
+            return 2
+        if ready.get(fd, 0) & select.POLLNVAL:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return 1
+
+
+def available(fd: int) -> int:
+    """Bytes (tokens) in the pipe right now (FIONREAD)."""
+    buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", buf)[0])
+
+
+def fill(fd: int, byte: int, n: int) -> int:
+    """Write n token bytes to a non-blocking fd; returns how many fitted."""
+    done = 0
+    chunk = bytes((byte,)) * min(n, 4096)
+    while done < n:
+        try:
+            done += os.write(fd, chunk[: n - done])
+        except InterruptedError:
+            continue
+        except BlockingIOError:
+            break
+    return done
+
+
+def drain(fd: int, cap: int = 1 << 20) -> bytes:
+    """Read every byte available now from a non-blocking fd (at most cap)."""
+    out = bytearray()
+    while len(out) < cap:
+        try:
+            data = os.read(fd, cap - len(out))
+        except InterruptedError:
+            continue
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
+def reopen_private(fd: int, flags: int) -> int:
+    """Open /proc/self/fd/N: a new description of the same pipe (Linux)."""
+    return os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC)
+
+
+def fd_info(fd: int) -> tuple[int, int, int, int, int, int]:
+    """(st_mode, st_dev, st_ino, st_uid, F_GETFL flags, F_GETFD flags) of fd."""
+    st = os.fstat(fd)
+    return (
+        st.st_mode,
+        st.st_dev,
+        st.st_ino,
+        st.st_uid,
+        fcntl.fcntl(fd, fcntl.F_GETFL),
+        fcntl.fcntl(fd, fcntl.F_GETFD),
+    )

@@ -1,0 +1,238 @@
+"""Parse and format the jobserver part of MAKEFLAGS.  Pure: no I/O.
+
+The forms accepted are those real tools write (see PROTOCOL.md):
+``--jobserver-auth=R,W``, ``--jobserver-fds=R,W``, ``fifo:PATH``, a Windows
+semaphore name; the last ``--jobserver-auth`` wins and ``--jobserver-fds`` is
+the fallback spelling; negative fds mean "disabled on purpose".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from ._errors import InvalidAuthError
+
+Style = Literal["pipe", "fifo", "sem"]
+
+#: Variables that can name a jobserver, in order of preference.
+JOBSERVER_VARIABLES = ("CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS")
+
+_FD_PAIR = re.compile(r"(-?[0-9]+),(-?[0-9]+)")
+_MAX_FD = 2**31 - 1
+_FLAG_CLUSTER = re.compile(r"[A-Za-z]+")
+_AUTH_OPTIONS = ("--jobserver-auth=", "--jobserver-fds=")
+
+
+@dataclass(frozen=True)
+class JobserverAuth:
+    """A jobserver as named by MAKEFLAGS.
+
+    ``style`` is "pipe" (``read_fd``/``write_fd``), "fifo" (``path``) or
+    "sem" (``name``, a Windows semaphore).  ``jobs`` is the number given
+    with ``-j`` (None when ``-j`` had no number or was absent); ``dry_run`` is
+    True when the flag cluster holds ``n``; ``text`` is the option's value.
+    """
+
+    style: Style
+    read_fd: int | None = None
+    write_fd: int | None = None
+    path: str | None = None
+    name: str | None = None
+    jobs: int | None = None
+    dry_run: bool = False
+    flags: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedFlags:
+    """Everything the parser found, including a deliberately disabled server."""
+
+    auth: JobserverAuth | None
+    disabled: bool
+    jobs: int | None
+    dry_run: bool
+    flags: str
+
+
+def split_words(value: str) -> list[str]:
+    """Split at unescaped spaces/tabs; a backslash escapes the next character."""
+    words: list[str] = []
+    cur: list[str] = []
+    has_word = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if c == "\\" and i + 1 < n:
+            cur.append(value[i + 1])
+            has_word = True
+            i += 2
+            continue
+        if c in " \t\n":
+            if has_word:
+                words.append("".join(cur))
+                cur = []
+                has_word = False
+            i += 1
+            continue
+        cur.append(c)
+        has_word = True
+        i += 1
+    if has_word:
+        words.append("".join(cur))
+    return words
+
+
+def _parse_jobs(text: str, value: str) -> int | None:
+    if text == "":
+        return None
+    if not text.isascii() or not text.isdigit():
+        raise InvalidAuthError(
+            f"invalid -j value {text!r} in {value!r}: expected a positive number"
+        )
+    return int(text)
+
+
+def scan_makeflags(value: str | bytes) -> ParsedFlags:
+    """Parse MAKEFLAGS fully; raises InvalidAuthError for a malformed auth."""
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if not isinstance(value, str):
+        raise InvalidAuthError(f"MAKEFLAGS must be a string, not {type(value).__name__}")
+    words = split_words(value)
+    flags = ""
+    # make writes its single-letter flags first, without a dash ("k", "kw", "n");
+    # a leading space means there were none.
+    if words and not value.startswith((" ", "\t")) and _FLAG_CLUSTER.fullmatch(words[0]):
+        flags = words.pop(0)
+    jobs: int | None = None
+    auth_text: str | None = None
+    fds_text: str | None = None
+    i = 0
+    while i < len(words):
+        w = words[i]
+        i += 1
+        if w == "--":
+            break  # variable overrides follow: never options
+        if w.startswith("--jobserver-auth="):
+            auth_text = w[len("--jobserver-auth=") :]
+        elif w.startswith("--jobserver-fds="):
+            fds_text = w[len("--jobserver-fds=") :]
+        elif w.startswith("--jobs="):
+            jobs = _parse_jobs(w[len("--jobs=") :], value)
+        elif w == "--jobs" or w == "-j":
+            if i < len(words) and words[i].isascii() and words[i].isdigit():
+                jobs = int(words[i])
+                i += 1
+        elif w.startswith("-j") and not w.startswith("--"):
+            jobs = _parse_jobs(w[2:], value)
+        elif w.startswith("-") and not w.startswith("--") and "n" in w[1:] and w[1:].isalpha():
+            flags += "n"  # MFLAGS style: "-n"
+    dry_run = "n" in flags
+    chosen = auth_text if auth_text is not None else fds_text
+    if chosen is None:
+        return ParsedFlags(None, False, jobs, dry_run, flags)
+    auth = _parse_auth(chosen, value, jobs, dry_run, flags)
+    return ParsedFlags(auth, auth is None, jobs, dry_run, flags)
+
+
+def _parse_auth(
+    text: str, value: str, jobs: int | None, dry_run: bool, flags: str
+) -> JobserverAuth | None:
+    if "\0" in text:
+        raise InvalidAuthError(f"jobserver option {text!r} contains a NUL byte")
+    if text == "":
+        raise InvalidAuthError(f"empty jobserver option in {value!r}")
+    if text.startswith("fifo:"):
+        path = text[5:]
+        if not path:
+            raise InvalidAuthError(f"jobserver option {text!r} names no FIFO path")
+        return JobserverAuth("fifo", path=path, jobs=jobs, dry_run=dry_run, flags=flags, text=text)
+    m = _FD_PAIR.fullmatch(text)
+    if m:
+        r, w = int(m.group(1)), int(m.group(2))
+        if r < 0 or w < 0:
+            return None  # "-2,-2": disabled on purpose
+        if r > _MAX_FD or w > _MAX_FD:
+            raise InvalidAuthError(f"jobserver option {text!r}: fd number out of range")
+        return JobserverAuth(
+            "pipe", read_fd=r, write_fd=w, jobs=jobs, dry_run=dry_run, flags=flags, text=text
+        )
+    if "," in text or text[0] in "-+0123456789" or not text.isprintable():
+        raise InvalidAuthError(
+            f"jobserver option {text!r} is neither 'R,W' (two fd numbers), "
+            "'fifo:PATH' nor a semaphore name"
+        )
+    return JobserverAuth("sem", name=text, jobs=jobs, dry_run=dry_run, flags=flags, text=text)
+
+
+def parse_makeflags(value: str | bytes) -> JobserverAuth | None:
+    """The jobserver named by a MAKEFLAGS value, or None (none named, or
+    disabled on purpose with negative fds).  Pure: does no I/O.
+
+    >>> parse_makeflags(" -j4 --jobserver-auth=3,4")
+    JobserverAuth(style='pipe', read_fd=3, write_fd=4, path=None, name=None, jobs=4, dry_run=False, flags='', text='3,4')
+    """
+    return scan_makeflags(value).auth
+
+
+def escape(text: str) -> str:
+    """Escape spaces and backslashes as make does inside MAKEFLAGS."""
+    return text.replace("\\", "\\\\").replace(" ", "\\ ").replace("\t", "\\\t")
+
+
+def auth_option_text(auth: JobserverAuth) -> str:
+    """The value after ``--jobserver-auth=`` for auth."""
+    if auth.style == "pipe":
+        return f"{auth.read_fd},{auth.write_fd}"
+    if auth.style == "fifo":
+        return f"fifo:{auth.path}"
+    return str(auth.name)
+
+
+def format_makeflags(auth: JobserverAuth, jobs: int | None = None, *, mflags: bool = False) -> str:
+    """MAKEFLAGS (or MFLAGS) text naming auth, readable by every consumer.
+
+    Pipe style writes both ``--jobserver-fds`` (make <= 4.1) and
+    ``--jobserver-auth`` (make >= 4.2, cargo, ninja); the latter comes last
+    so it wins.
+    """
+    j = jobs if jobs is not None else auth.jobs
+    jflag = f"-j{j}" if j is not None else "-j"
+    opt = escape(auth_option_text(auth))
+    parts = [jflag]
+    if auth.style == "pipe":
+        parts.append(f"--jobserver-fds={opt}")
+    parts.append(f"--jobserver-auth={opt}")
+    text = " ".join(parts)
+    return text if mflags else " " + text
+
+
+def jobserver_env(auth: JobserverAuth, jobs: int | None = None) -> dict[str, str]:
+    """MAKEFLAGS, MFLAGS and CARGO_MAKEFLAGS for a child that joins auth."""
+    value = format_makeflags(auth, jobs)
+    return {
+        "MAKEFLAGS": value,
+        "MFLAGS": format_makeflags(auth, jobs, mflags=True),
+        "CARGO_MAKEFLAGS": value,
+    }
+
+
+def strip_jobserver(value: str) -> str:
+    """value without its jobserver options (for a child that must not join).
+
+    Escapes are kept as written; the overrides after `` -- `` are untouched.
+    """
+    words = re.findall(r"(?:\\.|[^ \t\\])+|\\$", value)
+    kept: list[str] = []
+    for i, w in enumerate(words):
+        if w == "--":
+            kept.extend(words[i:])
+            break
+        if not w.startswith(_AUTH_OPTIONS):
+            kept.append(w)
+    return " ".join(kept)

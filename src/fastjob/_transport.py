@@ -1,0 +1,400 @@
+"""Transports: how one process reads and writes the pool's tokens.
+
+Each transport opens and validates its pool and picks a wait strategy from
+the ladder in DESIGN.md.  It never changes O_NONBLOCK on a description it
+did not open, and never closes fds it inherited.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+import threading
+from typing import Final
+
+from . import _io
+from ._errors import (
+    BadFdError,
+    FifoError,
+    ForeignFifoError,
+    JobserverClosedError,
+    JobserverError,
+    NotAPipeError,
+    PipeMismatchError,
+    UnsupportedPlatformError,
+)
+from ._makeflags import JobserverAuth
+
+AGAIN: Final = _io.AGAIN
+
+STRATEGIES = ("fifo-private", "proc-reopen", "rwf-nowait", "shared-nonblocking", "thread")
+#: How often a waiter on a FIFO pool checks that the pool's owner still exists.
+FIFO_LIVENESS_INTERVAL = 1.0
+
+
+def forced_strategy() -> str | None:
+    """FASTJOB_WAIT_STRATEGY, validated (None when unset)."""
+    value = os.environ.get("FASTJOB_WAIT_STRATEGY", "").strip()
+    if not value or value == "auto":
+        return None
+    if value not in STRATEGIES:
+        raise JobserverError(
+            f"FASTJOB_WAIT_STRATEGY={value!r} is not a wait strategy; "
+            f"use one of {', '.join(STRATEGIES)} or unset it"
+        )
+    return value
+
+
+class Transport:
+    """Token I/O on one pool.  Subclasses set style, strategy and the fds."""
+
+    style: str = ""
+    strategy: str = ""
+    #: fd to wait readable on (our private description where we have one)
+    read_fd: int = -1
+    #: True when read_fd may be read without blocking (O_NONBLOCK or RWF_NOWAIT)
+    nonblocking_read: bool = True
+    #: seconds between owner-liveness checks while waiting; None: never
+    liveness_interval: float | None = None
+
+    def try_read(self) -> int:
+        """A token byte, or AGAIN.  JobserverClosedError at EOF."""
+        raise NotImplementedError
+
+    def read_blocking(self) -> int:
+        """A token byte or AGAIN; may block (reader thread only)."""
+        r = _io.read_blocking(self.read_fd)
+        if r == _io.EOF:
+            raise self.closed_error()
+        return r
+
+    def write(self, byte: int) -> None:
+        raise NotImplementedError
+
+    def available(self) -> int | None:
+        try:
+            return _io.available(self.read_fd)
+        except OSError:
+            return None
+
+    def check_alive(self) -> None:
+        """Raise JobserverClosedError when the pool's owner is gone."""
+
+    def auth(self) -> JobserverAuth:
+        """How a child names this pool."""
+        raise NotImplementedError
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return ()
+
+    def identity(self) -> object:
+        """Names the pool (not this description): equal for two transports
+        on one pool, so a process claims its implicit token once."""
+        return id(self)
+
+    def closed_error(self) -> JobserverClosedError:
+        return JobserverClosedError(
+            f"the jobserver pool ({self.describe()}) is closed: every process that could "
+            "write tokens to it is gone (EOF), so its owner (make, cargo or fastjob) has exited"
+        )
+
+    def describe(self) -> str:
+        return self.style
+
+    def close(self) -> None:
+        pass
+
+
+def _fd_error(fd: int, exc: OSError, role: str) -> BadFdError:
+    return BadFdError(
+        f"cannot open file descriptor {fd} (the {role} end) from the jobserver "
+        f"environment variable value: {exc.strerror} (os error {exc.errno})"
+    )
+
+
+def validate_pipe_fds(read_fd: int, write_fd: int) -> tuple[_io.FdInfo, _io.FdInfo]:
+    """Check both fds are open, are pipes, are the same pipe, and face the
+    right way.  Raises the specific BadFdError subclass."""
+    infos = []
+    for fd, role in ((read_fd, "read"), (write_fd, "write")):
+        try:
+            info = _io.fd_info(fd)
+        except OSError as exc:
+            raise _fd_error(fd, exc, role) from None
+        if not info.is_fifo:
+            raise NotAPipeError(
+                f"file descriptor {fd} (the {role} end) is open but is a {info.kind}, "
+                "not a pipe: the jobserver fds were closed and the number reused"
+            )
+        infos.append(info)
+    rinfo, winfo = infos
+    if (rinfo.dev, rinfo.ino) != (winfo.dev, winfo.ino):
+        raise PipeMismatchError(
+            f"file descriptors {read_fd} and {write_fd} are two different pipes "
+            f"(inodes {rinfo.ino} and {winfo.ino}), not the two ends of one jobserver pipe"
+        )
+    if not rinfo.readable:
+        raise BadFdError(
+            f"file descriptor {read_fd} is the write end of the pipe but is named as "
+            "the read end (are R and W swapped?)"
+        )
+    if not winfo.writable:
+        raise BadFdError(
+            f"file descriptor {write_fd} is the read end of the pipe but is named as "
+            "the write end (are R and W swapped?)"
+        )
+    return rinfo, winfo
+
+
+class PipeTransport(Transport):
+    """An anonymous pipe given as two fds (inherited, or created by Server)."""
+
+    style = "pipe"
+
+    def __init__(self, read_fd: int, write_fd: int, *, owned: bool = False) -> None:
+        """Validate the fds and choose the wait strategy.  ``owned`` fds
+        (created by our Server) are closed by close(); inherited ones never."""
+        self.shared_read_fd = read_fd
+        self.shared_write_fd = write_fd
+        self._owned = owned
+        self._private_fd = -1
+        rinfo, _ = validate_pipe_fds(read_fd, write_fd)
+        self._ino = rinfo.ino
+        forced = forced_strategy()
+        if forced == "fifo-private":
+            forced = None  # pipes have no path to open: use the ladder
+        self.strategy = self._choose(forced, rinfo)
+
+    def _choose(self, forced: str | None, rinfo: _io.FdInfo) -> str:
+        if forced == "thread":
+            self.read_fd = self.shared_read_fd
+            self.nonblocking_read = rinfo.nonblocking
+            return "thread"
+        if forced in (None, "proc-reopen") and sys.platform.startswith("linux"):
+            try:
+                self._private_fd = _io.reopen_private(
+                    self.shared_read_fd, os.O_RDONLY | os.O_NONBLOCK
+                )
+            except OSError as exc:
+                if forced:
+                    raise JobserverError(
+                        f"FASTJOB_WAIT_STRATEGY=proc-reopen: cannot reopen "
+                        f"/proc/self/fd/{self.shared_read_fd}: {exc.strerror}"
+                    ) from None
+            else:
+                self.read_fd = self._private_fd
+                return "proc-reopen"
+        if forced in (None, "rwf-nowait") and sys.platform.startswith("linux"):
+            self.read_fd = self.shared_read_fd
+            return "rwf-nowait"
+        if forced == "rwf-nowait":
+            raise UnsupportedPlatformError(
+                "FASTJOB_WAIT_STRATEGY=rwf-nowait needs Linux preadv2(RWF_NOWAIT)"
+            )
+        self.read_fd = self.shared_read_fd
+        if forced in (None, "shared-nonblocking") and rinfo.nonblocking:
+            return "shared-nonblocking"
+        self.nonblocking_read = False
+        return "thread"
+
+    def try_read(self) -> int:
+        if self.strategy == "rwf-nowait":
+            r = _io.read_nowait(self.read_fd)
+        elif self.nonblocking_read:
+            r = _io.try_read(self.read_fd)
+        else:
+            return AGAIN  # a blocking description: only the reader thread reads
+        if r == _io.EOF:
+            raise self.closed_error()
+        return r
+
+    def write(self, byte: int) -> None:
+        try:
+            _io.write(self.shared_write_fd, byte)
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.EBADF):
+                raise self.closed_error() from None
+            raise
+
+    def identity(self) -> object:
+        return ("pipe", self._ino)
+
+    def auth(self) -> JobserverAuth:
+        return JobserverAuth("pipe", read_fd=self.shared_read_fd, write_fd=self.shared_write_fd)
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self.shared_read_fd, self.shared_write_fd)
+
+    def describe(self) -> str:
+        return f"pipe {self.shared_read_fd},{self.shared_write_fd}"
+
+    def close(self) -> None:
+        if self._private_fd >= 0:
+            os.close(self._private_fd)
+            self._private_fd = -1
+        if self._owned:
+            for fd in (self.shared_read_fd, self.shared_write_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._owned = False
+
+
+def _describe_mode(mode: int) -> str:
+    info = _io.FdInfo(mode, 0, 0, 0, 0, 0)
+    return info.kind
+
+
+class FifoTransport(Transport):
+    """A named FIFO (make >= 4.4 ``fifo:PATH``): opened by us, so our
+    O_NONBLOCK is private (strategy "fifo-private")."""
+
+    style = "fifo"
+
+    def __init__(self, path: str, *, allow_foreign: bool = False, owner: bool = False) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._rfd = -1
+        self._wfd = -1
+        st = self._stat_checked(path, allow_foreign)
+        self._identity = (st.st_dev, st.st_ino)
+        flags = os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            self._rfd = os.open(path, os.O_RDONLY | flags)
+            self._wfd = os.open(path, os.O_WRONLY | flags)
+        except OSError as exc:
+            self.close()
+            raise FifoError(f"cannot open the jobserver FIFO {path!r}: {exc.strerror}") from None
+        self.read_fd = self._rfd
+        self.strategy = "thread" if forced_strategy() == "thread" else "fifo-private"
+        # The owner knows it is alive; a client checks while it waits.
+        self.liveness_interval = None if owner else FIFO_LIVENESS_INTERVAL
+        if not owner:
+            self._check_writers(at_open=True)
+
+    @staticmethod
+    def _stat_checked(path: str, allow_foreign: bool) -> os.stat_result:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise FifoError(
+                f"the jobserver FIFO {path!r} does not exist: the make that created it "
+                "has exited, or this process runs in a sandbox or container that does "
+                "not see the creator's temporary directory"
+            ) from None
+        except OSError as exc:
+            raise FifoError(f"cannot stat the jobserver FIFO {path!r}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise FifoError(
+                f"the jobserver FIFO path {path!r} is a symlink; fastjob only opens the "
+                "FIFO itself (make never creates a symlink there)"
+            )
+        if not stat.S_ISFIFO(st.st_mode):
+            raise FifoError(
+                f"the jobserver path {path!r} is a {_describe_mode(st.st_mode)}, not a FIFO"
+            )
+        if hasattr(os, "geteuid") and st.st_uid != os.geteuid() and not allow_foreign:
+            raise ForeignFifoError(
+                f"the jobserver FIFO {path!r} belongs to uid {st.st_uid}, not to you "
+                f"(uid {os.geteuid()}); another user could steal or forge tokens. Pass "
+                "allow_foreign=True (or set FASTJOB_ALLOW_FOREIGN_FIFO=1) if you trust it"
+            )
+        return st
+
+    def try_read(self) -> int:
+        r = _io.try_read(self._rfd)
+        if r == _io.EOF:
+            raise self.closed_error()
+        return r
+
+    def write(self, byte: int) -> None:
+        with self._lock:
+            if self._wfd < 0:
+                self._open_writer()
+            try:
+                _io.write(self._wfd, byte)
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ENXIO):
+                    raise self.closed_error() from None
+                raise
+
+    def _open_writer(self) -> None:
+        flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        self._wfd = os.open(self.path, flags)
+
+    def _check_writers(self, *, at_open: bool = False) -> None:
+        """With our own writer closed, a non-blocking read returns EOF iff no
+        other process holds the FIFO open for writing: the pool is dead."""
+        with self._lock:
+            if self._wfd >= 0:
+                os.close(self._wfd)
+                self._wfd = -1
+            try:
+                r = _io.try_read(self._rfd)
+            finally:
+                try:
+                    self._open_writer()
+                except OSError:
+                    pass
+            if r >= 0:
+                _io.write(self._wfd, r)  # not ours to keep: put it straight back
+        if r == _io.EOF:
+            where = "is stale" if at_open else "was abandoned"
+            raise JobserverClosedError(
+                f"the jobserver FIFO {self.path!r} {where}: no process holds it open for "
+                "writing, so the make or fastjob that owned it has exited (killed?)"
+            )
+
+    def check_alive(self) -> None:
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise JobserverClosedError(
+                f"the jobserver FIFO {self.path!r} was removed: the make or fastjob that "
+                "owned the pool has exited"
+            )
+        self._check_writers()
+
+    def identity(self) -> object:
+        return ("fifo", *self._identity)
+
+    def auth(self) -> JobserverAuth:
+        return JobserverAuth("fifo", path=self.path)
+
+    def describe(self) -> str:
+        return f"fifo:{self.path}"
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in (self._rfd, self._wfd):
+                if fd >= 0:
+                    os.close(fd)
+            self._rfd = self._wfd = -1
+
+
+def open_transport(auth: JobserverAuth, *, allow_foreign: bool = False) -> Transport:
+    """Open and validate the pool auth names."""
+    if auth.style == "pipe":
+        assert auth.read_fd is not None and auth.write_fd is not None
+        return PipeTransport(auth.read_fd, auth.write_fd)
+    if auth.style == "fifo":
+        assert auth.path is not None
+        if not allow_foreign:
+            allow_foreign = os.environ.get("FASTJOB_ALLOW_FOREIGN_FIFO", "") not in ("", "0")
+        return FifoTransport(auth.path, allow_foreign=allow_foreign)
+    if sys.platform == "win32":
+        from ._sem import SemaphoreTransport
+
+        return SemaphoreTransport(str(auth.name))
+    raise UnsupportedPlatformError(
+        f"the jobserver {auth.name!r} is a Windows semaphore name; semaphore jobservers "
+        "exist only on Windows (on POSIX make passes 'R,W' fds or 'fifo:PATH')"
+    )

@@ -1,0 +1,97 @@
+"""run_process / open_process: a child that holds one token for its lifetime.
+
+With ``share_jobserver=True`` the child also gets the pool (environment and,
+for pipe style, the inherited fds), so a child make, cargo or ninja uses the
+held token as its implicit one and takes further tokens from the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+
+from ._discovery import connect
+from ._makeflags import JOBSERVER_VARIABLES, strip_jobserver
+from .client import Client
+
+__all__ = ["child_env", "open_process", "run_process"]
+
+Command = str | bytes | Sequence[str | bytes | os.PathLike[str]]
+
+
+def child_env(
+    client: Client, share_jobserver: bool, env: Mapping[str, str] | None
+) -> tuple[dict[str, str], tuple[int, ...]]:
+    """(environment, pass_fds) for a child of ``client``'s pool."""
+    base = dict(os.environ if env is None else env)
+    if share_jobserver:
+        return client.env(base), client.pass_fds
+    for var in JOBSERVER_VARIABLES:
+        if var in base:
+            stripped = strip_jobserver(base[var]).strip()
+            if stripped and stripped not in ("-j", "--"):
+                base[var] = stripped
+            else:
+                del base[var]
+    return base, ()
+
+
+def _merge_fds(kwargs: dict[str, Any], fds: tuple[int, ...]) -> None:
+    extra = tuple(kwargs.pop("pass_fds", ()))
+    kwargs["pass_fds"] = tuple(dict.fromkeys(extra + fds))
+
+
+async def run_process(
+    command: Command,
+    *,
+    client: Client | None = None,
+    share_jobserver: bool = True,
+    check: bool = True,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``command`` holding one token for its lifetime; like
+    :func:`anyio.run_process` (same keyword arguments), returns
+    CompletedProcess.  ``client=None`` means :func:`fastjob.connect`.
+    """
+    client = connect() if client is None else client
+    env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))
+    _merge_fds(kwargs, fds)
+    async with client.token():
+        return await anyio.run_process(command, check=check, env=env, **kwargs)
+
+
+@asynccontextmanager
+async def open_process(
+    command: Command,
+    *,
+    client: Client | None = None,
+    share_jobserver: bool = True,
+    **kwargs: Any,
+) -> AsyncIterator[Process]:
+    """``async with open_process(cmd) as proc:`` a running child holding one
+    token; on exit the child is waited for (killed if the block is cancelled
+    or raises) and the token released."""
+    client = connect() if client is None else client
+    env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))
+    _merge_fds(kwargs, fds)
+    async with client.token():
+        process = await anyio.open_process(command, env=env, **kwargs)
+        try:
+            yield process
+        except BaseException:
+            process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
+            raise
+        else:
+            with anyio.CancelScope(shield=True):
+                # Waiting is shielded so the token is never released while the
+                # child still runs.
+                await process.wait()
+                await process.aclose()

