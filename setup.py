@@ -29,6 +29,18 @@ class OptionalBuildExt(build_ext):
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001
             _say(f"native extension not built ({exc}); installing the pure-Python fallback")
+            return
+        self._install_stub(ext)
+
+    def _install_stub(self, ext: Extension) -> None:
+        """Put the type stub (src/<name>.pyi) beside the built extension, so
+        wheels carry it; only when the extension itself was built."""
+        stub = os.path.join("src", ext.name.replace(".", os.sep) + ".pyi")
+        target = os.path.join(
+            os.path.dirname(self.get_ext_fullpath(ext.name)), os.path.basename(stub)
+        )
+        if os.path.exists(stub) and os.path.abspath(stub) != os.path.abspath(target):
+            self.copy_file(stub, target)
 
 
 def _extensions() -> list:

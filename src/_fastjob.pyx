@@ -148,3 +148,125 @@ def fd_info(int fd):
     if r == -1:
         raise _oserror(errno)
     return (info.mode, info.dev, info.ino, info.uid, info.fl_flags, info.fd_flags)
+
+
+# ---------------------------------------------------------------------------
+# Windows semaphore jobserver (src/fastjob_io_win.h).  These exist on every
+# platform; off Windows each call raises OSError(ENOSYS).  Handles are ints.
+# Nothing above this block depends on it: the POSIX hot path is unchanged.
+# ---------------------------------------------------------------------------
+
+cdef extern from "fastjob_io.h" nogil:
+    ctypedef long long fj_handle_t
+    int FJ_SEM_TIMEOUT
+    int FJ_SEM_ACQUIRED
+    int FJ_SEM_CANCELLED
+    unsigned long fj_win_last_error()
+    int fj_sem_create(const char *name, int count, int max_count, fj_handle_t *out)
+    int fj_sem_open(const char *name, fj_handle_t *out)
+    int fj_sem_try(fj_handle_t sem)
+    int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeout_ms)
+    int fj_sem_release(fj_handle_t sem)
+    int fj_event_create(fj_handle_t *out)
+    int fj_event_set(fj_handle_t ev)
+    int fj_handle_close(fj_handle_t h)
+
+SEM_TIMEOUT = FJ_SEM_TIMEOUT
+SEM_ACQUIRED = FJ_SEM_ACQUIRED
+SEM_CANCELLED = FJ_SEM_CANCELLED
+
+
+cdef object _winerror(int err):
+    """OSError from errno, naming the Windows error code when there is one."""
+    cdef unsigned long code = fj_win_last_error()
+    if code:
+        return OSError(err, f"{_os.strerror(err)} (Windows error {code})")
+    return _oserror(err)
+
+
+def sem_create(str name, int count, int max_count):
+    """CreateSemaphore(count, max_count, name): a new pool; EEXIST if taken."""
+    cdef bytes b = name.encode("ascii")
+    cdef const char *c = b
+    cdef fj_handle_t h = 0
+    cdef int r
+    with nogil:
+        r = fj_sem_create(c, count, max_count, &h)
+    if r == -1:
+        raise _winerror(errno)
+    return h
+
+
+def sem_open(str name):
+    """OpenSemaphore(SYNCHRONIZE | SEMAPHORE_MODIFY_STATE, name)."""
+    cdef bytes b = name.encode("ascii")
+    cdef const char *c = b
+    cdef fj_handle_t h = 0
+    cdef int r
+    with nogil:
+        r = fj_sem_open(c, &h)
+    if r == -1:
+        raise _winerror(errno)
+    return h
+
+
+def sem_try(long long sem):
+    """Take a token if one is free now: True, else False.  Never blocks."""
+    cdef int r
+    with nogil:
+        r = fj_sem_try(sem)
+    if r == -1:
+        raise _winerror(errno)
+    return r == 1
+
+
+def sem_wait(long long sem, long long cancel=0, timeout=None):
+    """WaitForMultipleObjects([cancel, sem]) with the GIL released:
+    SEM_ACQUIRED, SEM_CANCELLED or SEM_TIMEOUT."""
+    cdef int ms = -1
+    cdef int r
+    if timeout is not None:
+        ms = <int>max(0.0, min(float(timeout) * 1000.0 + 0.999, 2147483647.0))
+    with nogil:
+        r = fj_sem_wait(sem, cancel, ms)
+    if r == -1:
+        raise _winerror(errno)
+    return r
+
+
+def sem_release(long long sem):
+    """ReleaseSemaphore(sem, 1); EOVERFLOW above the maximum count."""
+    cdef int r
+    with nogil:
+        r = fj_sem_release(sem)
+    if r == -1:
+        raise _winerror(errno)
+
+
+def event_create():
+    """An unsignalled auto-reset event (the cancel handle of sem_wait)."""
+    cdef fj_handle_t h = 0
+    cdef int r
+    with nogil:
+        r = fj_event_create(&h)
+    if r == -1:
+        raise _winerror(errno)
+    return h
+
+
+def event_set(long long ev):
+    """SetEvent: wakes one sem_wait on this event."""
+    cdef int r
+    with nogil:
+        r = fj_event_set(ev)
+    if r == -1:
+        raise _winerror(errno)
+
+
+def handle_close(long long h):
+    """CloseHandle."""
+    cdef int r
+    with nogil:
+        r = fj_handle_close(h)
+    if r == -1:
+        raise _winerror(errno)

@@ -195,5 +195,8 @@ static inline int fj_fd_info(int fd, fj_fd_info_t *info) {
     return 0;
 }
 
+/* The Windows semaphore calls exist here too, failing with ENOSYS. */
+#include "fastjob_io_win.h"
+
 #endif /* _WIN32 */
 #endif /* FASTJOB_IO_H */

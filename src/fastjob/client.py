@@ -145,7 +145,8 @@ class Client:
     # -- sync API -----------------------------------------------------------
     def try_acquire(self) -> Token | None:
         """A token if one is free right now (implicit first), else None.
-        Never blocks."""
+        Never blocks.  Returns None while other tasks or threads of this
+        process are queued for a token: they are served first."""
         if self._closed:
             raise self._closed_error()
         if self._implicit_free:
@@ -154,6 +155,8 @@ class Client:
                     self._implicit_free = False
                     self._acquired += 1
                     return Token(self, -1, self._gen)
+        if self._waiters:
+            return None  # first come, first served: queued waiters go first
         t = self._t
         if not t.nonblocking_read:
             assert self._reader is not None

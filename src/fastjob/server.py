@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import shutil
 import signal
@@ -17,13 +16,16 @@ from typing import Any
 from . import _io
 from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError
 from ._makeflags import JobserverAuth, jobserver_env
-from ._transport import FifoTransport, PipeTransport
+from ._transport import FifoTransport, PipeTransport, Transport
 from .client import Client
 
 __all__ = ["Server"]
 
 TOKEN_BYTE = ord("+")  # what make writes; clients echo whatever they read
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+if sys.platform != "win32":  # fcntl does not exist on Windows
+    import fcntl
+
+    _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 def default_style() -> str:
@@ -56,6 +58,7 @@ class Server:
         self._path: str | None = None
         self._pid = os.getpid()
         self._closed = False
+        self._transport: Transport
         try:
             if style == "pipe":
                 self._make_pipe()
