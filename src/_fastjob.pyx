@@ -270,3 +270,144 @@ def handle_close(long long h):
         r = fj_handle_close(h)
     if r == -1:
         raise _winerror(errno)
+
+
+# -- the hot path: Token and PoolCore ------------------------------------------
+# try_acquire on a pipe pool is one call into PoolCore.take (read + Token +
+# bookkeeping in C); Token.release of a pool token is PoolCore.give (dict pop
+# + write).  The pure twin lives in fastjob/_token.py and fastjob/_io_py.py.
+
+import warnings as _warnings
+
+cdef object _TokenLeakWarning = None
+
+
+def _set_leak_warning(cls):
+    global _TokenLeakWarning
+    _TokenLeakWarning = cls
+
+
+cdef class Token:
+    """A held job slot.  ``release()`` is sync, idempotent and thread-safe and
+    writes back the byte that was read; the implicit token writes nothing.
+
+    Use it as a context manager, or release it yourself.  A Token garbage
+    collected unreleased is released with a TokenLeakWarning.
+    """
+
+    cdef public object _client
+    cdef public int _byte
+    cdef public int _gen
+    cdef public object _core
+    cdef object __weakref__
+
+    def __init__(self, client, int byte, int gen):
+        self._client = client
+        self._byte = byte
+        self._gen = gen
+        self._core = None
+
+    @property
+    def implicit(self):
+        """True for the process's implicit token (never in the pool)."""
+        return self._byte < 0
+
+    @property
+    def byte(self):
+        """The byte read from the pool (echoed on release); None if implicit."""
+        return None if self._byte < 0 else bytes((self._byte,))
+
+    @property
+    def released(self):
+        return self._client is None
+
+    cpdef release(self):
+        """Give the token back (writes its byte to the pool; a no-op the
+        second time)."""
+        if self._client is None:
+            return
+        if self._core is not None:
+            (<PoolCore>self._core).give(self)
+        else:
+            self._client._release(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.release()
+
+    def __del__(self):
+        if self._client is None:
+            return
+        what = repr(self)
+        # Release first: a warning turned into an error must not lose it.
+        self._client._release(self, True)
+        _warnings.warn(
+            f"fastjob: {what} was garbage collected without release(); "
+            "it has been returned to the pool",
+            _TokenLeakWarning,
+            stacklevel=2,
+        )
+
+    def __repr__(self):
+        kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
+        state = "released" if self._client is None else "held"
+        return f"<fastjob.Token {kind} {state}>"
+
+
+cdef class PoolCore:
+    """Reads and writes the tokens of one pipe pool for one Client.
+
+    ``held`` is the client's dict id(token) -> byte: the pop in give() is
+    atomic, so a token is written back exactly once whoever releases it.
+    """
+
+    cdef int rfd
+    cdef int wfd
+    cdef bint nowait
+    cdef dict held
+    cdef public object on_write_error
+
+    def __init__(self, int rfd, int wfd, bint nowait, dict held, on_write_error):
+        self.rfd = rfd
+        self.wfd = wfd
+        self.nowait = nowait
+        self.held = held
+        self.on_write_error = on_write_error
+
+    cpdef object take(self, object client, int gen):
+        """A Token for a byte read now, None if the pool is empty, EOF (an
+        int) when the pool is closed."""
+        cdef int r
+        with nogil:
+            if self.nowait:
+                r = fj_read_nowait(self.rfd)
+            else:
+                r = fj_try_read(self.rfd)
+        if r == FJ_AGAIN:
+            return None
+        if r == FJ_EOF:
+            return FJ_EOF
+        if r == -1:
+            raise _oserror(errno)
+        cdef Token tok = Token.__new__(Token)
+        tok._client = client
+        tok._byte = r
+        tok._gen = gen
+        tok._core = self
+        self.held[id(tok)] = r
+        return tok
+
+    cpdef give(self, Token tok):
+        """Release a pool token: write its byte back, once."""
+        b = self.held.pop(id(tok), None)
+        tok._client = None
+        if b is None:
+            return
+        cdef int byte = b
+        cdef int r
+        with nogil:
+            r = fj_write(self.wfd, byte)
+        if r == -1:
+            self.on_write_error(_oserror(errno))

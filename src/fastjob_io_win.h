@@ -132,7 +132,7 @@ static inline int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeout_m
     r = WaitForMultipleObjects(n, hs, FALSE, ms);
     if (r == WAIT_TIMEOUT) return FJ_SEM_TIMEOUT;
     if (r == WAIT_FAILED) return fj_win_fail();
-    if (r >= WAIT_OBJECT_0 && r < WAIT_OBJECT_0 + n) {
+    if (r - WAIT_OBJECT_0 < n) { /* WAIT_OBJECT_0 is 0 */
         if (cancel != 0 && r == WAIT_OBJECT_0) return FJ_SEM_CANCELLED;
         return FJ_SEM_ACQUIRED;
     }

@@ -26,9 +26,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    Bundle,
     RuleBasedStateMachine,
-    consumes,
     initialize,
     invariant,
     precondition,
@@ -104,21 +102,26 @@ class Child:
         assert self.ask("exit") == "bye"
         assert self.proc.wait(30) == 0
         self.held = []
+        self.close_pipes()
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(30)
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
 
 
 class PoolModel(RuleBasedStateMachine):
-    tokens = Bundle("tokens")
-    released = Bundle("released")
-
     def __init__(self) -> None:
         super().__init__()
         self.server: fastjob.Server | None = None
         self.clients: list[fastjob.Client] = []
         self.held: dict[int, fastjob.Token] = {}
+        self.released: list[fastjob.Token] = []
         self.children: list[Child] = []
         self.lost = 0  # tokens of killed children, restored by reconcile()
 
@@ -165,57 +168,64 @@ class PoolModel(RuleBasedStateMachine):
         return n + sum(len(c.held) for c in self.children)
 
     # -- rules -------------------------------------------------------------------------
-    @rule(target=tokens, which=st.integers(0, 1))
-    def try_acquire(self, which: int) -> fastjob.Token:
-        free = self.server.available() if self.server else 0  # type: ignore[union-attr]
+    @rule(which=st.integers(0, 1))
+    def try_acquire(self, which: int) -> None:
+        assert self.server is not None
+        free = self.server.available()
         implicit_free = not any(t.implicit for t in self.held.values())
         tok = self.clients[which].try_acquire()
         if tok is None:
             assert free == 0
-            # The second client never has the implicit token.
+            # Only the server's client has the implicit token.
             assert not (which == 0 and implicit_free)
-            return None  # type: ignore[return-value]
+            return
         if which == 1:
             assert not tok.implicit
-        return self._keep(tok)
+        self._keep(tok)
 
-    @rule(target=tokens, which=st.integers(0, 1), timeout=st.sampled_from([0.0, 0.001, 0.01]))
-    def acquire_blocking(self, which: int, timeout: float) -> fastjob.Token:
+    @rule(which=st.integers(0, 1), timeout=st.sampled_from([0.0, 0.001, 0.01]))
+    def acquire_blocking(self, which: int, timeout: float) -> None:
         assert self.server is not None
         free = self.server.available()
         try:
             tok = self.clients[which].acquire_blocking(timeout=timeout)
         except TimeoutError:
             assert free == 0
-            return None  # type: ignore[return-value]
-        return self._keep(tok)
+            return
+        self._keep(tok)
 
-    @rule(target=released, tok=consumes(tokens))
-    def release(self, tok: fastjob.Token | None) -> fastjob.Token | None:
-        if tok is None:
-            return None
+    def _pick(self, index: int) -> fastjob.Token:
+        toks = list(self.held.values())
+        tok = toks[index % len(toks)]
         del self.held[id(tok)]
-        tok.release()
-        assert tok.released
+        self.released.append(tok)
+        del self.released[:-20]
         return tok
 
-    @rule(tok=released)
-    def double_release(self, tok: fastjob.Token | None) -> None:
-        if tok is not None:
-            before = self.server.available()  # type: ignore[union-attr]
-            tok.release()
-            assert self.server.available() == before  # type: ignore[union-attr]
+    @precondition(lambda self: bool(self.held))
+    @rule(index=st.integers(0, 50))
+    def release(self, index: int) -> None:
+        tok = self._pick(index)
+        tok.release()
+        assert tok.released
 
-    @rule(target=released, tok=consumes(tokens))
-    def release_in_thread(self, tok: fastjob.Token | None) -> fastjob.Token | None:
-        if tok is None:
-            return None
-        del self.held[id(tok)]
+    @precondition(lambda self: bool(self.released))
+    @rule(index=st.integers(0, 50))
+    def double_release(self, index: int) -> None:
+        assert self.server is not None
+        tok = self.released[index % len(self.released)]
+        before = self.server.available()
+        tok.release()
+        assert self.server.available() == before
+
+    @precondition(lambda self: bool(self.held))
+    @rule(index=st.integers(0, 50))
+    def release_in_thread(self, index: int) -> None:
+        tok = self._pick(index)
         th = threading.Thread(target=tok.release)
         th.start()
         th.join(10)
         assert not th.is_alive() and tok.released
-        return tok
 
     @rule(
         data=st.data(),
@@ -237,10 +247,8 @@ class PoolModel(RuleBasedStateMachine):
         won: list[fastjob.Token] = []
         to_release = None
         if feeder:
-            pool = [t for t in self.held.values()]
-            if pool:
-                to_release = pool[0]
-                del self.held[id(to_release)]
+            if self.held:
+                to_release = self._pick(0)
 
         async def one(delay: float | None) -> None:
             # None: wait at most 0.02 s (so nothing can hang), then give up.

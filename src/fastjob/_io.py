@@ -36,6 +36,12 @@ available = _impl.available
 fill = _impl.fill
 drain = _impl.drain
 reopen_private = _impl.reopen_private
+Token = _impl.Token
+PoolCore = _impl.PoolCore
+if NATIVE:
+    from ._errors import TokenLeakWarning as _TokenLeakWarning
+
+    _impl._set_leak_warning(_TokenLeakWarning)
 
 
 class FdInfo(NamedTuple):

@@ -140,3 +140,44 @@ def fd_info(fd: int) -> tuple[int, int, int, int, int, int]:
         fcntl.fcntl(fd, fcntl.F_GETFL),
         fcntl.fcntl(fd, fcntl.F_GETFD),
     )
+
+
+from ._token import Token  # noqa: E402 - the pure Token, for the selector
+
+
+class PoolCore:
+    """Reads and writes the tokens of one pipe pool for one Client (the pure
+    twin of the native hot path)."""
+
+    def __init__(
+        self, rfd: int, wfd: int, nowait: bool, held: dict[int, int], on_write_error: object
+    ) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self.nowait = nowait
+        self.held = held
+        self.on_write_error = on_write_error
+
+    def take(self, client: object, gen: int) -> Token | int | None:
+        """A Token for a byte read now, None if the pool is empty, EOF (an
+        int) when the pool is closed."""
+        r = read_nowait(self.rfd) if self.nowait else try_read(self.rfd)
+        if r == AGAIN:
+            return None
+        if r == EOF:
+            return EOF
+        tok = Token(client, r, gen)  # type: ignore[arg-type]
+        tok._core = self
+        self.held[id(tok)] = r
+        return tok
+
+    def give(self, tok: Token) -> None:
+        """Release a pool token: write its byte back, once."""
+        b = self.held.pop(id(tok), None)
+        tok._client = None
+        if b is None:
+            return
+        try:
+            write(self.wfd, b)
+        except OSError as exc:
+            self.on_write_error(exc)  # type: ignore[operator]

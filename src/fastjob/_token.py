@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._errors import TokenLeakWarning
 
@@ -20,12 +20,13 @@ class Token:
     collected unreleased is released with a TokenLeakWarning.
     """
 
-    __slots__ = ("_client", "_byte", "_gen", "__weakref__")
+    __slots__ = ("_client", "_byte", "_gen", "_core", "__weakref__")
 
     def __init__(self, client: Client, byte: int, gen: int) -> None:
         self._client: Client | None = client
         self._byte = byte  # -1: the implicit token
         self._gen = gen
+        self._core: Any = None  # the PoolCore that read it, for a fast release
 
     @property
     def implicit(self) -> bool:
@@ -44,9 +45,11 @@ class Token:
     def release(self) -> None:
         """Give the token back (writes its byte to the pool; a no-op the
         second time)."""
-        client = self._client
-        if client is not None:
-            client._release(self)
+        if self._client is not None:
+            if self._core is not None:
+                self._core.give(self)
+            else:
+                self._client._release(self)
 
     def __enter__(self) -> Token:
         return self
@@ -57,17 +60,16 @@ class Token:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        client = self._client
-        if client is not None:
-            client._release(self)
+        self.release()
 
     def __del__(self) -> None:
         client = self._client
         if client is not None:
+            what = repr(self)
             # Release first: a warning turned into an error must not lose it.
             client._release(self, quiet=True)
             warnings.warn(
-                f"fastjob: {self!r} was garbage collected without release(); "
+                f"fastjob: {what} was garbage collected without release(); "
                 "it has been returned to the pool",
                 TokenLeakWarning,
                 stacklevel=2,

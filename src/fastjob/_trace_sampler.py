@@ -105,7 +105,8 @@ class Sampler:
         t0 = time.monotonic()
         self._sample(t0)
         if self._cpu is not None:
-            self.cpu_start = t0  # CpuReader() took its baseline just before
+            self._cpu.busy()  # re-baseline (a no-op when no tick passed since)
+            self.cpu_start = t0
             self._next_cpu = t0 + self.cpu_interval
         self._thread.start()
         return t0

@@ -275,7 +275,11 @@ class FifoTransport(Transport):
         # The owner knows it is alive; a client checks while it waits.
         self.liveness_interval = None if owner else FIFO_LIVENESS_INTERVAL
         if not owner:
-            self._check_writers(at_open=True)
+            try:
+                self._check_writers(at_open=True)
+            except BaseException:
+                self.close()  # a leaked writer would make the stale FIFO look alive
+                raise
 
     @staticmethod
     def _stat_checked(path: str, allow_foreign: bool) -> os.stat_result:

@@ -10,6 +10,7 @@ hands each token to the oldest waiter, or straight back to the pool.
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import threading
 import time
@@ -25,8 +26,8 @@ import anyio
 from . import _backend, _io
 from ._errors import JobserverClosedError, JobserverError, TokenLeakWarning
 from ._makeflags import jobserver_env
-from ._token import Token
-from ._transport import Transport
+from ._io import Token
+from ._transport import PipeTransport, Transport
 
 __all__ = ["Client", "ClientStatistics", "Token"]
 
@@ -126,8 +127,22 @@ class Client:
         self._gen = _fork_generation
         self._reader: _Reader | None = None
         self._pool_key = transport.identity()
-        self._implicit_free = implicit_token and self._claim_implicit()
-        self._owns_implicit = self._implicit_free
+        self._read = transport.try_read
+        self._write = transport.write
+        self._slow_read = not transport.nonblocking_read
+        self._core: Any = None
+        if isinstance(transport, PipeTransport) and transport.nonblocking_read:
+            self._core = _io.PoolCore(
+                transport.read_fd,
+                transport.shared_write_fd,
+                transport.strategy == "rwf-nowait",
+                self._held,
+                self._on_write_error,
+            )
+        # The implicit token, when free, is the one item of this list: pop()
+        # and append() are atomic, so taking it needs no lock.
+        self._owns_implicit = implicit_token and self._claim_implicit()
+        self._implicit: list[int] = [1] if self._owns_implicit else []
         if transport.strategy == "thread":
             self._reader = _Reader(self)
         _live_clients.add(self)
@@ -147,21 +162,39 @@ class Client:
         """A token if one is free right now (implicit first), else None.
         Never blocks.  Returns None while other tasks or threads of this
         process are queued for a token: they are served first."""
+        core = self._core
+        if core is None or self._implicit or self._waiters or self._closed:
+            return self._try_acquire_slow()
+        tok = core.take(self, self._gen)  # read + Token + bookkeeping, native
+        if tok is None:
+            return None
+        if tok.__class__ is int:
+            raise self._t.closed_error()
+        self._acquired += 1  # statistics only; no lock on the hot path
+        return tok  # type: ignore[no-any-return]
+
+    def _on_write_error(self, exc: OSError) -> None:
+        if exc.errno in (errno.EPIPE, errno.EBADF):
+            raise self._t.closed_error() from None
+        raise exc
+
+    def _try_acquire_slow(self) -> Token | None:
         if self._closed:
             raise self._closed_error()
-        if self._implicit_free:
-            with self._lock:
-                if self._implicit_free and not self._waiters:
-                    self._implicit_free = False
-                    self._acquired += 1
-                    return Token(self, -1, self._gen)
+        if self._implicit and not self._waiters:
+            try:
+                self._implicit.pop()
+            except IndexError:
+                pass  # another thread took it just now
+            else:
+                self._acquired += 1
+                return Token(self, -1, self._gen)
         if self._waiters:
             return None  # first come, first served: queued waiters go first
-        t = self._t
-        if not t.nonblocking_read:
+        if self._slow_read:
             assert self._reader is not None
             return self._reader.try_get()
-        b = t.try_read()
+        b = self._read()
         if b < 0:
             return None
         return self._adopt(b)
@@ -169,9 +202,8 @@ class Client:
     def _adopt(self, b: int) -> Token:
         """Wrap a byte just read from the pool in a held Token."""
         tok = Token(self, b, self._gen)
-        with self._lock:
-            self._held[id(tok)] = b
-            self._acquired += 1
+        self._held[id(tok)] = b
+        self._acquired += 1
         return tok
 
     def acquire_blocking(self, timeout: float | None = None) -> Token:
@@ -341,10 +373,14 @@ class Client:
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            if self._implicit_free and not self._waiters:
-                self._implicit_free = False
-                self._acquired += 1
-                return Token(self, -1, self._gen)
+            if self._implicit and not self._waiters:
+                try:
+                    self._implicit.pop()
+                except IndexError:
+                    pass
+                else:
+                    self._acquired += 1
+                    return Token(self, -1, self._gen)
             self._waiters.append(w)
             if w.state is not None:
                 w.state.queue.append(w)
@@ -396,40 +432,41 @@ class Client:
                 w.token = tok
             else:
                 w = None
+                self._acquired -= 1  # counted when read, but nobody got it
         if w is not None:
             w.wake()
         else:
             tok.release()
 
     def _release(self, tok: Token, quiet: bool = False) -> None:
+        if tok._byte >= 0:
+            # dict.pop is atomic: exactly one caller gets the byte to write
+            b = self._held.pop(id(tok), None)
+            tok._client = None
+            if b is None:
+                return  # released already, returned by close(), or pre-fork
+            try:
+                self._write(b)
+            except (OSError, JobserverError):
+                if not quiet:
+                    raise
+            return
         with self._lock:
             if tok._client is None:
                 return
             tok._client = None
             if tok._gen != self._gen:
                 return  # taken before a fork: the parent process returns it
-            b = tok._byte
-            if b < 0:
-                if self._waiters and not self._closed:
-                    w = self._waiters[0]
-                    self._unlink(w)
-                    w.token = Token(self, -1, self._gen)
-                    self._acquired += 1
-                else:
-                    self._implicit_free = self._owns_implicit and not self._closed
-                    return
-            elif self._held.pop(id(tok), None) is None:
-                return  # already returned by close()
+            if self._waiters and not self._closed:
+                w = self._waiters[0]
+                self._unlink(w)
+                w.token = Token(self, -1, self._gen)
+                self._acquired += 1
             else:
-                w = None
-        if w is not None:
-            w.wake()
-            return
-        try:
-            self._t.write(b)
-        except (OSError, JobserverError):
-            if not quiet:
-                raise
+                if self._owns_implicit and not self._closed:
+                    self._implicit.append(1)
+                return
+        w.wake()
 
     def _fail_waiters(self, error: BaseException) -> None:
         with self._lock:
@@ -474,7 +511,7 @@ class Client:
     def statistics(self) -> ClientStatistics:
         """Tokens held, implicit held, tasks waiting, total acquired, strategy."""
         with self._lock:
-            implicit_held = self._owns_implicit and not self._implicit_free and not self._closed
+            implicit_held = self._owns_implicit and not self._implicit and not self._closed
             return ClientStatistics(
                 tokens_held=len(self._held) + int(implicit_held),
                 implicit_held=implicit_held,
@@ -509,7 +546,7 @@ class Client:
             self._held.clear()
             waiters = list(self._waiters)
             self._waiters.clear()
-            self._implicit_free = False
+            self._implicit.clear()
         error = self._closed_error()
         for w in waiters:
             w.error = error
@@ -550,7 +587,7 @@ class Client:
         self._held.clear()
         self._waiters.clear()
         self._loops.clear()
-        self._implicit_free = False
+        self._implicit.clear()
         self._owns_implicit = False
         if self._reader is not None:
             self._reader = _Reader(self)
@@ -567,8 +604,15 @@ class _TokenContext:
         self._token: Token | None = None
 
     async def __aenter__(self) -> Token:
-        self._token = await self._client.acquire()
-        return self._token
+        if not _backend.is_trio():
+            # asyncio fast path inline: one coroutine fewer per cycle
+            tok = self._client.try_acquire()
+            if tok is None:
+                tok = await self._client._acquire_slow()
+        else:
+            tok = await self._client.acquire()
+        self._token = tok
+        return tok
 
     async def __aexit__(
         self,

@@ -17,7 +17,7 @@ from . import _io
 from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError
 from ._makeflags import JobserverAuth, jobserver_env
 from ._transport import FifoTransport, PipeTransport, Transport
-from .client import Client
+from .client import Client, _live_clients
 
 __all__ = ["Server"]
 
@@ -167,20 +167,28 @@ class Server:
 
     def expected(self) -> int:
         """Tokens that should be in the pool given what this process holds."""
-        held = self.client.statistics()
-        pool_held = held.tokens_held - int(held.implicit_held)
-        return self.jobs - 1 - pool_held
+        return self.jobs - 1 - self._held_here()
+
+    def _held_here(self) -> int:
+        """Pool tokens held by every live client of this pool in this process
+        (``server.client`` and any other Client opened on the same pool)."""
+        key = self.client._pool_key
+        n = 0
+        for c in list(_live_clients):
+            if c._pool_key == key and not c.closed:
+                s = c.statistics()
+                n += s.tokens_held - int(s.implicit_held)
+        return n
 
     def reconcile(self) -> int:
         """Restore the pool to exactly ``jobs - 1`` tokens (only valid when no
         child is running and this process holds no pool token).  Returns the
         correction: > 0 tokens were lost (killed children) and are put back,
         < 0 extra tokens (a child wrote more than it read) were removed."""
-        stats = self.client.statistics()
-        if stats.tokens_held - int(stats.implicit_held):
+        held = self._held_here()
+        if held:
             raise JobserverError(
-                "reconcile() needs every pool token back: this process still holds "
-                f"{stats.tokens_held - int(stats.implicit_held)}"
+                f"reconcile() needs every pool token back: this process still holds {held}"
             )
         wfd = self._fds[1]
         rfd = self._transport.read_fd

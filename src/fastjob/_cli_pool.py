@@ -1,0 +1,118 @@
+"""The pool a ``fastjob run`` / ``fastjob parallel`` command works in: the
+inherited jobserver (joined) or a new Server, plus the end-of-run accounting
+("fastjob: 2 jobserver tokens were not returned (pool 6, expected 8)")."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._discovery import find_jobserver, from_env
+from ._errors import InvalidAuthError, JobserverError, JobserverWarning
+from ._makeflags import JOBSERVER_VARIABLES, scan_makeflags
+from .client import Client
+from .server import Server
+
+
+def warn(message: str) -> None:
+    """One line on stderr, prefixed like every fastjob message."""
+    sys.stderr.write(f"fastjob: {message}\n")
+    sys.stderr.flush()
+
+
+@dataclass
+class Pool:
+    """Where the commands get their tokens, and how a child joins."""
+
+    client: Client
+    server: Server | None
+    env: dict[str, str]
+    pass_fds: tuple[int, ...]
+
+    @property
+    def joined(self) -> bool:
+        """True when this is an inherited jobserver (we own nothing)."""
+        return self.server is None
+
+    def finish(self, *, report: bool = True) -> None:
+        """Report missing/extra tokens the way make does, restore the pool,
+        close it (removing a FIFO).  Nothing to do for a joined pool."""
+        server = self.server
+        if server is None:
+            return
+        try:
+            if report:
+                account(server)
+        finally:
+            server.close()
+
+
+def account(server: Server) -> int:
+    """Compare the pool with what it should hold, say so on stderr, then
+    reconcile; returns the correction (> 0 missing, < 0 extra)."""
+    try:
+        have = server.available()
+        expected = server.expected()
+    except JobserverError:
+        return 0
+    if have < expected:
+        n = expected - have
+        verb = "token was" if n == 1 else "tokens were"
+        warn(f"{n} jobserver {verb} not returned (pool {have}, expected {expected})")
+    elif have > expected:
+        n = have - expected
+        verb = "token was" if n == 1 else "tokens were"
+        warn(f"{n} extra jobserver {verb} found (pool {have}, expected {expected}) and removed")
+    if have != expected:
+        try:
+            server.reconcile()
+        except JobserverError:
+            pass
+    return expected - have
+
+
+def _join_env(var: str, client: Client, environ: Mapping[str, str]) -> dict[str, str]:
+    """The inherited environment, unchanged where it already names the pool
+    we joined (so make's other flags and overrides survive); variables that
+    name another or a broken jobserver are rewritten to name ours."""
+    env = dict(environ)
+    ours = client.env({})
+    chosen = scan_makeflags(environ[var]).auth
+    for name in JOBSERVER_VARIABLES:
+        value = env.get(name)
+        if value is None:
+            continue
+        try:
+            auth = scan_makeflags(value).auth
+        except InvalidAuthError:
+            auth = None
+        if auth is not None and chosen is not None and auth.text == chosen.text:
+            continue
+        if auth is not None or name == var:
+            env[name] = ours[name]
+    return env
+
+
+def open_pool(jobs: int | None, style: str | None = None) -> Pool:
+    """Join the inherited jobserver when ``jobs`` is None and there is a
+    usable one; otherwise create a Server of ``jobs`` (default: CPU count)."""
+    if jobs is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", JobserverWarning)
+            client = from_env()
+        for w in caught:
+            if issubclass(w.category, JobserverWarning):
+                warn(
+                    f"warning: {w.message} (running with a new pool instead; "
+                    "'fastjob doctor' explains)"
+                )
+        if client is not None:
+            found = find_jobserver()
+            assert found is not None
+            env = _join_env(found[0], client, os.environ)
+            return Pool(client, None, env, client.pass_fds)
+    server = Server(jobs if jobs is not None else (os.cpu_count() or 1), style)
+    return Pool(server.client, server, server.env(), server.pass_fds)

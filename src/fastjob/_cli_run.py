@@ -1,0 +1,108 @@
+"""``fastjob run``: run one command under a jobserver.
+
+The command runs in its own process group; SIGINT, SIGTERM and SIGHUP sent
+to fastjob are forwarded to that group.  A new pool is accounted for and
+closed (its FIFO removed) on every exit path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Callable
+
+from ._cli_pool import Pool, open_pool, warn
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class RunHooks:
+    """Callbacks around the command (for samplers such as ``--trace``):
+    ``started(pid, pool)`` right after the spawn, ``stopped(pid, status)``
+    after it was reaped, before the pool is accounted for and closed."""
+
+    started: list[Callable[[int, Pool], None]] = field(default_factory=list)
+    stopped: list[Callable[[int, int], None]] = field(default_factory=list)
+
+
+def exit_status(returncode: int) -> int:
+    """Popen's returncode as a shell reports it (128+N for signal N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _spawn(command: Sequence[str], pool: Pool) -> subprocess.Popen[bytes]:
+    group: dict[str, Any] = (
+        {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+    )
+    return subprocess.Popen(
+        list(command), env=pool.env, pass_fds=pool.pass_fds, restore_signals=True, **group
+    )
+
+
+def run(
+    command: Sequence[str],
+    jobs: int | None = None,
+    style: str | None = None,
+    hooks: RunHooks | None = None,
+) -> int:
+    """Run ``command`` in the inherited pool (``jobs`` None) or a new one;
+    returns its exit status (128+N when killed by signal N)."""
+    pending: list[int] = []
+    child: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if not child:
+            pending.append(signum)
+            return
+        try:
+            os.killpg(child[0].pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # A signal ignored at startup (a background job of a script) stays ignored.
+    wanted = [sig for sig in FORWARDED if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, forward) for sig in wanted}
+    pool: Pool | None = None
+    try:
+        pool = open_pool(jobs, style)
+        if pool.server is not None:
+            # The Server put its own FIFO-cleanup handler in; forwarding wins
+            # and the FIFO goes away in pool.finish() below.
+            for sig in wanted:
+                signal.signal(sig, forward)
+        if pending:
+            return 128 + pending[0]
+        try:
+            proc = _spawn(command, pool)
+        except OSError as exc:
+            name = command[0]
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                warn(f"{name}: command not found")
+                return 127
+            warn(f"cannot run {name}: {exc.strerror}")
+            return 126
+        child.append(proc)
+        for signum in pending:
+            forward(signum, None)
+        if hooks is not None:
+            for on_start in hooks.started:
+                on_start(proc.pid, pool)
+        status = exit_status(proc.wait())
+        if hooks is not None:
+            for on_stop in hooks.stopped:
+                on_stop(proc.pid, status)
+        return status
+    finally:
+        try:
+            if pool is not None:
+                pool.finish()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

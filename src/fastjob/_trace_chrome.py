@@ -1,0 +1,89 @@
+"""Chrome Trace Event Format (the JSON Perfetto and chrome://tracing open).
+
+One process ("fastjob pool -jN"): counter tracks "slots in use" and
+"CPU busy %", and one thread per job lane holding complete ("X") events.
+Timestamps are microseconds since the recording started; ``otherData``
+carries the wall-clock anchor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["SpanRecord", "chrome_trace"]
+
+PID = 1
+POOL_TID = 0
+
+
+@dataclass(frozen=True)
+class SpanRecord:
+    """One job: name, monotonic start/end (seconds), display lane, extra args."""
+
+    name: str
+    start: float
+    end: float
+    lane: int
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def _us(t: float, t0: float) -> float:
+    return round((t - t0) * 1e6, 3)
+
+
+def chrome_trace(
+    *,
+    jobs: int,
+    t0: float,
+    t_end: float,
+    unix_t0: float,
+    occ_t: Sequence[float],
+    occ_v: Sequence[int],
+    cpu_start: float | None,
+    cpu_t: Sequence[float],
+    cpu_v: Sequence[float],
+    spans: Sequence[SpanRecord],
+    other: dict[str, Any],
+) -> dict[str, Any]:
+    """The trace as a JSON-ready dict (object form, events sorted by ts)."""
+    meta: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "ts": 0, "pid": PID, "tid": POOL_TID,
+         "args": {"name": f"fastjob pool -j{jobs}"}},
+        {"name": "thread_name", "ph": "M", "ts": 0, "pid": PID, "tid": POOL_TID,
+         "args": {"name": "pool"}},
+    ]
+    for lane in sorted({s.lane for s in spans}):
+        meta.append({"name": "thread_name", "ph": "M", "ts": 0, "pid": PID, "tid": lane,
+                     "args": {"name": f"job lane {lane}"}})
+        meta.append({"name": "thread_sort_index", "ph": "M", "ts": 0, "pid": PID, "tid": lane,
+                     "args": {"sort_index": lane}})
+    events: list[dict[str, Any]] = []
+    for t, v in zip(occ_t, occ_v):
+        if t <= t_end:
+            events.append({"name": "slots in use", "ph": "C", "ts": _us(t, t0), "pid": PID,
+                           "tid": POOL_TID, "args": {"slots": v}})
+    if occ_v:  # close the step so viewers draw the last value to the end
+        events.append({"name": "slots in use", "ph": "C", "ts": _us(t_end, t0), "pid": PID,
+                       "tid": POOL_TID, "args": {"slots": occ_v[-1]}})
+    if cpu_start is not None and len(cpu_t):
+        # A counter value holds from its ts on: cpu_v[i] covers (prev, cpu_t[i]].
+        prev: float = cpu_start
+        for t, busy in zip(cpu_t, cpu_v):
+            events.append({"name": "CPU busy %", "ph": "C", "ts": _us(prev, t0), "pid": PID,
+                           "tid": POOL_TID, "args": {"busy": round(100 * busy, 1)}})
+            prev = t
+        events.append({"name": "CPU busy %", "ph": "C", "ts": _us(prev, t0), "pid": PID,
+                       "tid": POOL_TID, "args": {"busy": round(100 * cpu_v[-1], 1)}})
+    for s in spans:
+        events.append({"name": s.name, "cat": "job", "ph": "X", "ts": _us(s.start, t0),
+                       "dur": round(max(0.0, s.end - s.start) * 1e6, 3), "pid": PID,
+                       "tid": s.lane, "args": dict(s.args)})
+    events.sort(key=lambda e: (e["ts"], e["ph"] != "X"))
+    return {
+        "traceEvents": meta + events,
+        "displayTimeUnit": "ms",
+        "otherData": {"unix_time_start": unix_t0, "jobs": jobs,
+                      "duration_s": round(t_end - t0, 6), **other},
+    }

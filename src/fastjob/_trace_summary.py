@@ -1,0 +1,146 @@
+"""Summary figures of a trace: time-weighted statistics over step functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+__all__ = ["HEADROOM_CPU", "SATURATED_CPU", "TraceSummary", "segments", "summarize"]
+
+HEADROOM_CPU = 0.5  # "CPU below 50% busy"
+SATURATED_CPU = 0.9  # "CPU saturated": at least 90% busy
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """What a trace says about a build (shares are fractions of wall time, 0..1;
+    the CPU-based ones are None when CPU use was not sampled)."""
+
+    wall_time: float
+    jobs: int
+    mean_in_use: float
+    peak_in_use: int
+    idle_share: float
+    headroom_share: float | None
+    saturated_share: float | None
+    mean_cpu: float | None
+    cpu_count: int | None
+    samples: int
+    sampler_cpu_seconds: float
+    spans: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def sampler_cost(self) -> float:
+        """The sampler's CPU time as a fraction of one core over the wall time."""
+        return self.sampler_cpu_seconds / self.wall_time if self.wall_time > 0 else 0.0
+
+    def format(self) -> str:
+        """The multi-line text ``fastjob`` prints to stderr."""
+
+        def pct(x: float | None) -> str:
+            return "n/a" if x is None else f"{100 * x:.1f}%"
+
+        lines = [
+            f"fastjob trace: {self.wall_time:.2f} s wall, pool of {self.jobs} slot(s)",
+            f"  slots in use: mean {self.mean_in_use:.2f}, peak {self.peak_in_use}",
+            f"  at least one slot idle:                     {pct(self.idle_share)} of wall time",
+            f"  parallelism headroom (idle slot, CPU <{100 * HEADROOM_CPU:.0f}%): "
+            f"{pct(self.headroom_share)}",
+            f"  saturated (all slots busy, CPU >={100 * SATURATED_CPU:.0f}%):     "
+            f"{pct(self.saturated_share)}",
+        ]
+        if self.mean_cpu is not None:
+            lines.append(f"  CPU: mean {pct(self.mean_cpu)} busy over {self.cpu_count} core(s)")
+        lines.append(
+            f"  {self.spans} job span(s); sampler: {self.samples} samples, "
+            f"{100 * self.sampler_cost:.2f}% of one core"
+        )
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def segments(
+    t_start: float,
+    t_end: float,
+    occ_t: Sequence[float],
+    occ_v: Sequence[int],
+    cpu_start: float | None,
+    cpu_t: Sequence[float],
+    cpu_v: Sequence[float],
+) -> Iterator[tuple[float, float, int, float | None]]:
+    """Elementary intervals (a, b, slots_in_use, cpu_busy_or_None) covering
+    [t_start, t_end] where both step functions are constant."""
+    cuts = {t_start, t_end}
+    cuts.update(t for t in occ_t if t_start < t < t_end)
+    if cpu_start is not None:
+        cuts.update(t for t in (cpu_start, *cpu_t) if t_start < t < t_end)
+    points = sorted(cuts)
+    oi, ci = 0, 0
+    n_occ, n_cpu = len(occ_t), len(cpu_t)
+    for a, b in zip(points, points[1:]):
+        while oi + 1 < n_occ and occ_t[oi + 1] <= a:
+            oi += 1
+        v = occ_v[oi] if n_occ else 0
+        cpu: float | None = None
+        if cpu_start is not None and a >= cpu_start:
+            while ci < n_cpu and cpu_t[ci] <= a:
+                ci += 1
+            if ci < n_cpu:
+                cpu = cpu_v[ci]
+        yield a, b, v, cpu
+
+
+def summarize(
+    *,
+    jobs: int,
+    t_start: float,
+    t_end: float,
+    occ_t: Sequence[float],
+    occ_v: Sequence[int],
+    cpu_start: float | None,
+    cpu_t: Sequence[float],
+    cpu_v: Sequence[float],
+    cpu_count: int | None,
+    samples: int,
+    sampler_cpu_seconds: float,
+    spans: int,
+    notes: Sequence[str] = (),
+) -> TraceSummary:
+    """Compute a :class:`TraceSummary` from the sampled step functions."""
+    wall = max(0.0, t_end - t_start)
+    area = idle = head = sat = cpu_area = cpu_known = 0.0
+    for a, b, v, cpu in segments(t_start, t_end, occ_t, occ_v, cpu_start, cpu_t, cpu_v):
+        d = b - a
+        area += v * d
+        free = v < jobs
+        if free:
+            idle += d
+        if cpu is not None:
+            cpu_known += d
+            cpu_area += cpu * d
+            if free and cpu < HEADROOM_CPU:
+                head += d
+            if not free and cpu >= SATURATED_CPU:
+                sat += d
+    has_cpu = cpu_start is not None and len(cpu_t) > 0 and cpu_known > 0
+
+    def share(x: float) -> float:
+        return x / wall if wall > 0 else 0.0
+
+    peak = max((v for t, v in zip(occ_t, occ_v) if t <= t_end), default=0)
+    return TraceSummary(
+        wall_time=wall,
+        jobs=jobs,
+        mean_in_use=share(area),
+        peak_in_use=peak,
+        idle_share=share(idle),
+        headroom_share=share(head) if has_cpu else None,
+        saturated_share=share(sat) if has_cpu else None,
+        mean_cpu=cpu_area / cpu_known if has_cpu else None,
+        cpu_count=cpu_count,
+        samples=samples,
+        sampler_cpu_seconds=sampler_cpu_seconds,
+        spans=spans,
+        notes=tuple(notes),
+    )

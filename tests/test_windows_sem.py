@@ -1,0 +1,409 @@
+"""The Windows semaphore jobserver.
+
+- The C side (src/fastjob_io_win.h) is compiled with the MinGW-w64 cross
+  compiler and its test program (tests/win/sem_test.c) runs under wine.
+- The Python side (fastjob._sem.SemaphoreTransport) runs here over
+  ``ThreadSemaphores``, an in-process stand-in for the kernel's named
+  semaphores (Windows does not exist on this machine; wine runs no CPython
+  here), so its waiter thread, hand-back rule and Client integration are
+  exercised; it is type-checked with ``mypy --platform win32``.
+- On Windows itself (cibuildwheel's test step) the same checks run against
+  real semaphores.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import fastjob
+from fastjob import _sem
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+HAVE_SOURCE = (SRC / "fastjob_io_win.h").exists()
+MINGW = shutil.which("x86_64-w64-mingw32-gcc")
+WINE = shutil.which("wine") or shutil.which("wine64") or (
+    "/usr/lib/wine/wine64" if os.path.exists("/usr/lib/wine/wine64") else None
+)
+needs_source = pytest.mark.skipif(not HAVE_SOURCE, reason="needs the source tree (src/)")
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX behaviour")
+windows_only = pytest.mark.skipif(sys.platform != "win32", reason="needs real Windows semaphores")
+
+
+# -- the C side, cross-compiled ---------------------------------------------------
+@pytest.fixture(scope="module")
+def sem_test_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not HAVE_SOURCE:
+        pytest.skip("needs the source tree (src/, tests/win/)")
+    if MINGW is None:
+        pytest.skip("x86_64-w64-mingw32-gcc missing (Debian: apt-get install gcc-mingw-w64-x86-64)")
+    out = tmp_path_factory.mktemp("win") / "sem_test.exe"
+    cmd = [
+        MINGW, "-O2", "-std=c99", "-Wall", "-Wextra", "-Werror",
+        f"-I{SRC}", "-o", str(out), str(ROOT / "tests" / "win" / "sem_test.c"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_windows_code_cross_compiles(sem_test_exe: Path) -> None:
+    """fastjob_io.h under _WIN32 (semaphores + the POSIX stubs) builds with
+    -Wall -Wextra -Werror, and the result is a PE executable."""
+    assert sem_test_exe.read_bytes()[:2] == b"MZ"
+
+
+@pytest.mark.skipif(WINE is None, reason="wine is not installed (Debian: apt-get install wine64)")
+def test_windows_semaphores_under_wine(sem_test_exe: Path, tmp_path: Path) -> None:
+    """create/open/try/wait/wait-with-cancel/release, run under wine."""
+    assert WINE is not None
+    env = dict(os.environ, WINEDEBUG="-all", WINEPREFIX=str(tmp_path / "prefix"),
+               WINEDLLOVERRIDES="mscoree,mshtml=")
+    try:
+        proc = subprocess.run([WINE, str(sem_test_exe)], capture_output=True, text=True,
+                              env=env, timeout=180, stdin=subprocess.DEVNULL)
+    finally:
+        server = shutil.which("wineserver") or "/usr/lib/wine/wineserver"
+        if os.path.exists(server):
+            subprocess.run([server, "-k"], env=env, timeout=60, capture_output=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASSED: 0 failure(s)" in proc.stdout
+    assert "FAIL " not in proc.stdout
+
+
+@needs_source
+@posix_only
+def test_posix_header_has_enosys_semaphore_stubs(tmp_path: Path) -> None:
+    """Off Windows the semaphore calls compile (so the .pyx can declare them)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    prog = tmp_path / "t.c"
+    prog.write_text(
+        '#include <stdio.h>\n#include "fastjob_io.h"\n'
+        "int main(void) { fj_handle_t h = 1;\n"
+        '  if (fj_sem_open("x", &h) != -1 || errno != ENOSYS || h != 0) return 1;\n'
+        "  if (fj_sem_try(1) != -1 || errno != ENOSYS) return 2;\n"
+        "  return 0; }\n"
+    )
+    exe = tmp_path / "t"
+    proc = subprocess.run([cc, "-Wall", "-Wextra", "-Werror", f"-I{SRC}", "-o", str(exe), str(prog)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert subprocess.run([str(exe)], timeout=30).returncode == 0
+
+
+@posix_only
+def test_native_semaphore_calls_are_enosys_off_windows() -> None:
+    if not fastjob.NATIVE:
+        pytest.skip("the native extension is not in use")
+    import _fastjob
+
+    for call in (lambda: _fastjob.sem_open("gmake_semaphore_1"),
+                 lambda: _fastjob.sem_create("x", 1, 1),
+                 lambda: _fastjob.sem_try(1),
+                 lambda: _fastjob.sem_wait(1, 0, 0.0),
+                 lambda: _fastjob.sem_release(1),
+                 _fastjob.event_create):
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.errno == errno.ENOSYS
+
+
+@posix_only
+def test_semaphore_style_is_refused_off_windows() -> None:
+    with pytest.raises(fastjob.UnsupportedPlatformError):
+        _sem.SemaphoreTransport("gmake_semaphore_1")
+    with pytest.raises(fastjob.UnsupportedPlatformError):
+        fastjob.Server(3, style="sem")
+
+
+@needs_source
+def test_sem_module_type_checks_for_windows() -> None:
+    """mypy --strict with --platform win32 (the ctypes branch included)."""
+    pytest.importorskip("mypy")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--platform", "win32",
+         "--follow-imports=silent", "--no-incremental", "--cache-dir", os.devnull,
+         str(SRC / "fastjob" / "_sem.py")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- the Python side over an in-process stand-in for kernel semaphores ----------------
+class ThreadSemaphores:
+    """Named semaphores and auto-reset events with the kernel's rules
+    (maximum count, EEXIST, ENOENT once every handle is closed), for the
+    SemaphoreAPI protocol."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.counts: dict[str, int] = {}
+        self.maxima: dict[str, int] = {}
+        self.handles: dict[int, str] = {}  # handle -> semaphore name or "#event"
+        self.events: dict[int, bool] = {}
+        self.waits = 0  # counts taken by a (blocking) wait
+        self._ids = itertools.count(100)
+
+    def _name(self, h: int) -> str:
+        try:
+            return self.handles[h]
+        except KeyError:
+            raise OSError(errno.EBADF, "bad handle") from None
+
+    def create(self, name: str, count: int, max_count: int) -> int:
+        with self.cond:
+            if name in self.counts:
+                raise FileExistsError(errno.EEXIST, "exists")
+            self.counts[name], self.maxima[name] = count, max_count
+            h = next(self._ids)
+            self.handles[h] = name
+            return h
+
+    def open(self, name: str) -> int:
+        with self.cond:
+            if name not in self.counts:
+                raise FileNotFoundError(errno.ENOENT, "no such semaphore")
+            h = next(self._ids)
+            self.handles[h] = name
+            return h
+
+    def try_acquire(self, sem: int) -> bool:
+        with self.cond:
+            name = self._name(sem)
+            if self.counts[name] > 0:
+                self.counts[name] -= 1
+                return True
+            return False
+
+    def wait(self, sem: int, cancel: int, timeout: float | None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if cancel and self.events.get(cancel):
+                    self.events[cancel] = False  # auto-reset
+                    return _sem.SEM_CANCELLED
+                name = self._name(sem)
+                if self.counts[name] > 0:
+                    self.counts[name] -= 1
+                    self.waits += 1
+                    self.cond.notify_all()
+                    return _sem.SEM_ACQUIRED
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return _sem.SEM_TIMEOUT
+                self.cond.wait(left)
+
+    def release(self, sem: int) -> None:
+        with self.cond:
+            name = self._name(sem)
+            if self.counts[name] >= self.maxima[name]:
+                raise OSError(errno.EOVERFLOW, "too many posts")
+            self.counts[name] += 1
+            self.cond.notify_all()
+
+    def event_create(self) -> int:
+        with self.cond:
+            h = next(self._ids)
+            self.handles[h] = "#event"
+            self.events[h] = False
+            return h
+
+    def event_set(self, event: int) -> None:
+        with self.cond:
+            self.events[event] = True
+            self.cond.notify_all()
+
+    def close(self, handle: int) -> None:
+        with self.cond:
+            name = self.handles.pop(handle)
+            self.events.pop(handle, None)
+            if name != "#event" and name not in self.handles.values():
+                del self.counts[name], self.maxima[name]
+
+    def count(self, name: str) -> int:
+        with self.cond:
+            return self.counts[name]
+
+
+@pytest.fixture
+def kernel() -> ThreadSemaphores:
+    return ThreadSemaphores()
+
+
+@pytest.fixture
+def pool(kernel: ThreadSemaphores) -> Iterator[tuple[fastjob.Client, str]]:
+    """A server-side semaphore of 2 tokens (jobs=3) and a client that joined it
+    by name, as a child of make would."""
+    server_t, name = _sem.create_semaphore_pool(3, api=kernel)
+    client = fastjob.Client(_sem.SemaphoreTransport(name, api=kernel), jobs=3)
+    try:
+        yield client, name
+    finally:
+        client.close()
+        server_t.close()
+
+
+def test_pool_is_created_like_makes(kernel: ThreadSemaphores) -> None:
+    t, name = _sem.create_semaphore_pool(4, api=kernel)
+    try:
+        assert name.startswith("fastjob_semaphore_")
+        assert kernel.count(name) == 3 and kernel.maxima[name] == 3
+        assert t.auth() == fastjob.JobserverAuth("sem", name=name)
+        assert t.pass_fds == () and t.available() is None
+        with pytest.raises(fastjob.JobserverError, match="already full"):
+            t.write(ord("+"))  # nothing was taken: the kernel refuses
+    finally:
+        t.close()
+    assert name not in kernel.counts
+
+
+def test_missing_semaphore_is_a_closed_pool(kernel: ThreadSemaphores) -> None:
+    with pytest.raises(fastjob.JobserverClosedError, match="does not exist"):
+        _sem.SemaphoreTransport("gmake_semaphore_424242", api=kernel)
+
+
+def test_try_acquire_and_release(kernel: ThreadSemaphores,
+                                 pool: tuple[fastjob.Client, str]) -> None:
+    client, name = pool
+    implicit = client.try_acquire()
+    a, b = client.try_acquire(), client.try_acquire()
+    assert implicit is not None and a is not None and b is not None
+    assert client.try_acquire() is None
+    assert kernel.count(name) == 0
+    a.release()
+    b.release()
+    implicit.release()
+    assert kernel.count(name) == 2
+
+
+def test_acquire_blocking_gets_token_from_waiter_thread(
+    kernel: ThreadSemaphores, pool: tuple[fastjob.Client, str]
+) -> None:
+    """The waiter thread parks a token released by a process outside and
+    the client claims it (sync path; a timeout bounds it)."""
+    client, name = pool
+    held = [client.try_acquire() for _ in range(3)]
+    assert all(held) and kernel.count(name) == 0
+    outside = _sem.SemaphoreTransport(name, api=kernel)
+    assert outside.try_read() == fastjob._io.AGAIN
+    t = held.pop()
+    assert t is not None
+    timer = threading.Timer(0.05, t.release)
+    timer.start()
+    try:
+        tok = client.acquire_blocking(timeout=10)
+        tok.release()
+    finally:
+        timer.join()
+        outside.close()
+        for t in held:
+            assert t is not None
+            t.release()
+    assert kernel.count(name) == 2
+
+
+@pytest.mark.anyio
+async def test_async_waiter_thread_gets_released_token(
+    kernel: ThreadSemaphores, pool: tuple[fastjob.Client, str]
+) -> None:
+    client, name = pool
+    held = [client.try_acquire() for _ in range(3)]
+    assert kernel.count(name) == 0
+    got: list[fastjob.Token] = []
+
+    async def waiter() -> None:
+        got.append(await client.acquire())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert client.statistics().tasks_waiting == 1
+            held.pop().release()  # type: ignore[union-attr]
+    assert len(got) == 1 and client.statistics().wait_strategy == "sem-waiter"
+    got[0].release()
+    for t in held:
+        t.release()  # type: ignore[union-attr]
+    assert kernel.count(name) == 2
+
+
+@pytest.mark.anyio
+async def test_cancelled_waiter_hands_token_back(
+    kernel: ThreadSemaphores, pool: tuple[fastjob.Client, str]
+) -> None:
+    """A token the waiter thread took after its waiter was cancelled goes back
+    to the semaphore (within HANDBACK_GRACE), not lost and not kept."""
+    client, name = pool
+    held = [client.try_acquire() for _ in range(3)]
+    with anyio.move_on_after(0.05):
+        await client.acquire()
+    assert client.statistics().tasks_waiting == 0
+    # The waiter thread still waits in the kernel: nobody waits in Python any
+    # more when this token comes back.
+    held.pop().release()  # type: ignore[union-attr]
+    with kernel.cond:
+        assert kernel.cond.wait_for(lambda: kernel.waits == 1 and kernel.counts[name] == 1, 10)
+    assert client.statistics().tokens_held == 2
+    for t in held:
+        t.release()  # type: ignore[union-attr]
+    assert kernel.count(name) == 2
+
+
+def test_close_gives_back_parked_token(kernel: ThreadSemaphores) -> None:
+    server_t, name = _sem.create_semaphore_pool(2, api=kernel)
+    t = _sem.SemaphoreTransport(name, api=kernel)
+    assert t.try_read() == ord("+")
+    assert t.try_read() == fastjob._io.AGAIN  # starts the waiter thread
+    t.write(ord("+"))  # the thread takes and parks it
+    with kernel.cond:
+        assert kernel.cond.wait_for(lambda: kernel.waits == 1, 10)
+    t.close()
+    assert kernel.count(name) == 1
+    server_t.close()
+
+
+# -- real Windows (cibuildwheel's test step) -------------------------------------
+@windows_only
+def test_real_semaphore_server_and_client() -> None:  # pragma: no cover - Windows only
+    with fastjob.Server(3, style="sem") as server:
+        env = server.env({})
+        auth = fastjob.parse_makeflags(env["MAKEFLAGS"])
+        assert auth is not None and auth.style == "sem"
+        client = fastjob.from_env(env, strict=True)
+        assert client is not None
+        try:
+            toks = [client.try_acquire() for _ in range(3)]
+            assert all(toks) and client.try_acquire() is None
+            for t in toks:
+                t.release()  # type: ignore[union-attr]
+        finally:
+            client.close()
+
+
+@windows_only
+@pytest.mark.anyio
+async def test_real_semaphore_async_wait() -> None:  # pragma: no cover - Windows only
+    with fastjob.Server(2, style="sem") as server:
+        c = server.client
+        a, b = c.try_acquire(), c.try_acquire()
+        assert a is not None and b is not None
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(c.acquire)
+                await anyio.wait_all_tasks_blocked()
+                b.release()
+        a.release()
