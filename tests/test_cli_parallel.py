@@ -44,6 +44,14 @@ def parallel(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> 
     )
 
 
+@pytest.fixture(params=["posix_spawn", "anyio"])
+def spawn_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Both ways of starting jobs: posix_spawn + pidfd (Linux) and anyio.open_process."""
+    if request.param == "anyio":
+        return clean_env(FASTJOB_PARALLEL_SPAWN="anyio")
+    return clean_env()
+
+
 def max_overlap(output: str) -> int:
     events = sorted(
         (int(ts), 1 if kind == "S" else -1)
@@ -63,9 +71,9 @@ def test_template_and_args_are_quoted() -> None:
     assert r.stderr == ""  # not a terminal: no progress
 
 
-def test_lines_from_stdin_output_is_not_interleaved() -> None:
+def test_lines_from_stdin_output_is_not_interleaved(spawn_env: dict[str, str]) -> None:
     cmds = "".join(f"echo A{i}; sleep 0.05; echo B{i}; echo C{i} >&2\n" for i in range(8))
-    r = parallel("-j4", stdin=cmds)
+    r = parallel("-j4", stdin=cmds, env=spawn_env)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 16
@@ -82,14 +90,14 @@ def test_template_with_lines_from_a_file(tmp_path: Path) -> None:
     assert sorted(r.stdout.splitlines()) == ["x\tgot x", "y\tgot y"]
 
 
-def test_at_most_n_at_once() -> None:
-    r = parallel("-j2", stdin=f"{SPAN}\n" * 6)
+def test_at_most_n_at_once(spawn_env: dict[str, str]) -> None:
+    r = parallel("-j2", stdin=f"{SPAN}\n" * 6, env=spawn_env)
     assert r.returncode == 0, r.stderr
     assert max_overlap(r.stdout) == 2
 
 
-def test_exit_status_counts_failures_with_keep_going() -> None:
-    r = parallel("-j2", "--keep-going", stdin="false\ntrue\nexit 3\ntrue\nfalse\n")
+def test_exit_status_counts_failures_with_keep_going(spawn_env: dict[str, str]) -> None:
+    r = parallel("-j2", "--keep-going", stdin="false\ntrue\nexit 3\ntrue\nfalse\n", env=spawn_env)
     assert r.returncode == 3
     assert r.stderr.count("fastjob: exit status") == 3
 
@@ -106,8 +114,8 @@ def test_exit_status_is_capped_at_101() -> None:
     assert r.returncode == 101
 
 
-def test_command_not_found_counts_as_failed() -> None:
-    r = parallel("-j2", stdin="no-such-command-fastjob\n")
+def test_command_not_found_counts_as_failed(spawn_env: dict[str, str]) -> None:
+    r = parallel("-j2", stdin="no-such-command-fastjob\n", env=spawn_env)
     assert r.returncode == 1
     assert "no-such-command-fastjob: command not found" in r.stderr
 
@@ -142,7 +150,7 @@ def test_inside_make_shares_makes_budget(tmp_path: Path) -> None:
     assert len(flags) == 1 and "--jobserver-auth=3,4" in flags.pop()  # make's own pool
 
 
-def test_ctrl_c_stops_everything_and_returns_every_token() -> None:
+def test_ctrl_c_stops_everything_and_returns_every_token(spawn_env: dict[str, str]) -> None:
     r, w = os.pipe()
     cmds = "".join(f"echo $$ > /dev/fd/{w}; exec sleep 60\n" for _ in range(6))
     with fastjob.Server(3) as server:
@@ -150,7 +158,7 @@ def test_ctrl_c_stops_everything_and_returns_every_token() -> None:
             [*FASTJOB, "parallel"],
             stdin=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=server.env(clean_env()),
+            env=server.env(spawn_env),
             pass_fds=(*server.pass_fds, w),
         ) as p:
             os.close(w)

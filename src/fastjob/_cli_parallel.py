@@ -156,7 +156,12 @@ class Runner:
         self._last_draw = 0.0
         self._drawn = False
         self._env = pool.env
-        self._fast = hasattr(os, "pidfd_open") and hasattr(os, "posix_spawn")
+        # FASTJOB_PARALLEL_SPAWN=anyio forces the portable path (for tests).
+        self._fast = (
+            hasattr(os, "pidfd_open")
+            and hasattr(os, "posix_spawn")
+            and os.environ.get("FASTJOB_PARALLEL_SPAWN", "") != "anyio"
+        )
         if self._fast:
             for fd in pool.pass_fds:  # posix_spawn passes what is inheritable
                 os.set_inheritable(fd, True)

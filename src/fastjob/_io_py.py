@@ -10,6 +10,7 @@ import select
 import struct
 import termios
 import time
+from typing import Any
 
 AGAIN = -2
 EOF = -3
@@ -147,18 +148,45 @@ from ._token import Token  # noqa: E402 - the pure Token, for the selector
 
 class PoolCore:
     """Reads and writes the tokens of one pipe pool for one Client (the pure
-    twin of the native hot path)."""
+    twin of the native hot path in _fastjob.pyx)."""
 
     def __init__(
-        self, rfd: int, wfd: int, nowait: bool, held: dict[int, int], on_write_error: object
+        self, rfd: int, wfd: int, nowait: bool, held: dict[int, int], on_write_error: Any
     ) -> None:
         self.rfd = rfd
         self.wfd = wfd
         self.nowait = nowait
         self.held = held
         self.on_write_error = on_write_error
+        self.closed = False
+        self.gen = 0
+        self.acquired = 0
+        self.client: Any = None
+        self.implicit: list[int] = []
+        self.waiters: Any = ()
+        self.slow: Any = None
 
-    def take(self, client: object, gen: int) -> Token | int | None:
+    def bind(self, client: Any, implicit: list[int], waiters: Any, slow: Any, gen: int) -> None:
+        """Attach the client state the fast path must respect."""
+        self.client = client
+        self.implicit = implicit
+        self.waiters = waiters
+        self.slow = slow
+        self.gen = gen
+
+    def try_acquire(self) -> Any:
+        """Client.try_acquire, fast path (see Client.try_acquire)."""
+        if self.closed or self.implicit or self.waiters:
+            return self.slow()
+        tok = self.take(self.client, self.gen)
+        if tok is None:
+            return None
+        if type(tok) is int:
+            return self.slow()  # EOF: the slow path raises the proper error
+        self.acquired += 1
+        return tok
+
+    def take(self, client: Any, gen: int) -> Token | int | None:
         """A Token for a byte read now, None if the pool is empty, EOF (an
         int) when the pool is closed."""
         r = read_nowait(self.rfd) if self.nowait else try_read(self.rfd)
@@ -166,7 +194,7 @@ class PoolCore:
             return None
         if r == EOF:
             return EOF
-        tok = Token(client, r, gen)  # type: ignore[arg-type]
+        tok = Token(client, r, gen)
         tok._core = self
         self.held[id(tok)] = r
         return tok
@@ -180,4 +208,4 @@ class PoolCore:
         try:
             write(self.wfd, b)
         except OSError as exc:
-            self.on_write_error(exc)  # type: ignore[operator]
+            self.on_write_error(exc)

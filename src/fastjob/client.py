@@ -130,6 +130,10 @@ class Client:
         self._read = transport.try_read
         self._write = transport.write
         self._slow_read = not transport.nonblocking_read
+        # The implicit token, when free, is the one item of this list: pop()
+        # and append() are atomic, so taking it needs no lock.
+        self._owns_implicit = implicit_token and self._claim_implicit()
+        self._implicit: list[int] = [1] if self._owns_implicit else []
         self._core: Any = None
         if isinstance(transport, PipeTransport) and transport.nonblocking_read:
             self._core = _io.PoolCore(
@@ -139,10 +143,8 @@ class Client:
                 self._held,
                 self._on_write_error,
             )
-        # The implicit token, when free, is the one item of this list: pop()
-        # and append() are atomic, so taking it needs no lock.
-        self._owns_implicit = implicit_token and self._claim_implicit()
-        self._implicit: list[int] = [1] if self._owns_implicit else []
+            self._core.bind(self, self._implicit, self._waiters, self._try_acquire_slow, self._gen)
+            self.try_acquire = self._core.try_acquire  # type: ignore[method-assign]
         if transport.strategy == "thread":
             self._reader = _Reader(self)
         _live_clients.add(self)
@@ -162,16 +164,9 @@ class Client:
         """A token if one is free right now (implicit first), else None.
         Never blocks.  Returns None while other tasks or threads of this
         process are queued for a token: they are served first."""
-        core = self._core
-        if core is None or self._implicit or self._waiters or self._closed:
-            return self._try_acquire_slow()
-        tok = core.take(self, self._gen)  # read + Token + bookkeeping, native
-        if tok is None:
-            return None
-        if tok.__class__ is int:
-            raise self._t.closed_error()
-        self._acquired += 1  # statistics only; no lock on the hot path
-        return tok  # type: ignore[no-any-return]
+        # Pipe pools replace this method per instance by PoolCore.try_acquire
+        # (native): the same logic with the read in C.
+        return self._try_acquire_slow()
 
     def _on_write_error(self, exc: OSError) -> None:
         if exc.errno in (errno.EPIPE, errno.EBADF):
@@ -516,7 +511,7 @@ class Client:
                 tokens_held=len(self._held) + int(implicit_held),
                 implicit_held=implicit_held,
                 tasks_waiting=len(self._waiters),
-                tokens_acquired=self._acquired,
+                tokens_acquired=self._acquired + (self._core.acquired if self._core else 0),
                 wait_strategy=self._t.strategy,
             )
 
@@ -542,6 +537,8 @@ class Client:
             if self._closed:
                 return 0
             self._closed = True
+            if self._core is not None:
+                self._core.closed = True
             held = list(self._held.values())
             self._held.clear()
             waiters = list(self._waiters)
@@ -584,6 +581,8 @@ class Client:
         # tokens nor the parent's implicit token.
         self._lock = threading.Lock()
         self._gen = _fork_generation
+        if self._core is not None:
+            self._core.gen = self._gen
         self._held.clear()
         self._waiters.clear()
         self._loops.clear()
@@ -691,6 +690,8 @@ class _Reader:
                     if interval is not None:
                         t.check_alive()
                     continue
+                if not c._waiters:
+                    continue  # they gave up meanwhile: leave the token to others
                 b = t.read_blocking() if not t.nonblocking_read else t.try_read()
                 if b < 0:
                     continue

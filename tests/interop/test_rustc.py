@@ -70,5 +70,7 @@ def test_doctor_explains_closed_fds() -> None:
     out = done.stdout + done.stderr
     assert "Traceback" not in out, out
     assert "MAKEFLAGS" in out, out
+    assert "fd 3" in out or "descriptor 3" in out, out
     assert "Bad file descriptor" in out, out  # the same diagnosis as rustc's
     assert "'+'" in out, out  # and the fix: mark the recipe line recursive
+    assert done.returncode != 0, out  # a named but unusable jobserver is a finding

@@ -41,21 +41,21 @@ def main() -> int:
     assert client is not None, "no jobserver in the environment"
     sleeper = [sys.executable, "-S", "-c", f"import time; time.sleep({secs})"]
     lock = threading.Lock()
-    report = {"pool_tokens": 0, "peak_held": 0}
+    counts = {"pool_tokens": 0, "peak_held": 0}
     me = f"fj{os.getpid()}"
 
-    def took(tok: fastjob.Token, i: int) -> None:
+    def took(implicit: bool, i: int) -> None:
         stamp(log, "start", f"{me}-{i}")
         with lock:
-            report["pool_tokens"] += 0 if tok.implicit else 1
-            report["peak_held"] = max(report["peak_held"], client.statistics().tokens_held)
+            counts["pool_tokens"] += 0 if implicit else 1
+            counts["peak_held"] = max(counts["peak_held"], client.statistics().tokens_held)
 
     if mode == "sync":
 
         def one(i: int) -> None:
             tok = client.acquire_blocking(timeout=60)
             try:
-                took(tok, i)
+                took(tok.implicit, i)
                 subprocess.run(sleeper, check=True)
                 stamp(log, "end", f"{me}-{i}")
             finally:
@@ -69,9 +69,9 @@ def main() -> int:
     else:
         import anyio
 
-        async def one(i: int) -> None:
+        async def one_async(i: int) -> None:
             async with client.token() as tok:
-                took(tok, i)
+                took(tok.implicit, i)
                 await anyio.run_process(sleeper)
                 stamp(log, "end", f"{me}-{i}")
 
@@ -79,12 +79,13 @@ def main() -> int:
             with anyio.fail_after(60):
                 async with anyio.create_task_group() as tg:
                     for i in range(count):
-                        tg.start_soon(one, i)
+                        tg.start_soon(one_async, i)
 
         anyio.run(run_all, backend=mode)
 
     stats = client.statistics()
-    report.update(
+    report = dict(
+        counts,
         held_at_end=stats.tokens_held,
         acquired=stats.tokens_acquired,
         strategy=stats.wait_strategy,
