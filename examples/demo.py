@@ -26,13 +26,14 @@ def timeline(log: str, t0: float) -> tuple[int, list[str]]:
         for line in fh:
             kind, stamp, name = line.split()
             events.append((float(stamp), 1 if kind == "start" else -1, name))
+    when: float
     events.sort(key=lambda e: (e[0], e[1]))
     running = peak = 0
     lines = []
-    for stamp, delta, name in events:
+    for when, delta, name in events:
         running += delta
         peak = max(peak, running)
-        lines.append(f"  {stamp - t0:6.2f}s  {'start' if delta > 0 else 'end  '} {name:<8} running={running}")
+        lines.append(f"  {when - t0:6.2f}s  {'start' if delta > 0 else 'end  '} {name:<8} running={running}")
     return peak, lines
 
 

@@ -43,11 +43,11 @@ def lib_source(name: str, n: int, deps: list[str]) -> str:
 
 
 def make_workspace(root: Path, size: int) -> None:
-    crates = {"base": ([], size * 2), **{leaf: (["base"], size) for leaf in LEAVES}}
+    crates = {"base": ([], size * 3), **{leaf: (["base"], size) for leaf in LEAVES}}
     members = [*crates, "app"]
     (root / "Cargo.toml").write_text(
         "[workspace]\nresolver = \"2\"\nmembers = [" + ", ".join(f'"{m}"' for m in members) + "]\n"
-        "[profile.dev]\nincremental = false\ncodegen-units = 4\nopt-level = 1\n"
+        "[profile.dev]\nincremental = false\ncodegen-units = 1\n"
     )
     for name, (deps, n) in crates.items():
         d = root / name
@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--trace", help="keep the Chrome trace JSON here")
     ap.add_argument("--keep", help="build in this directory (kept) instead of a temporary one")
     ap.add_argument("--jobs", type=int, default=4)
-    ap.add_argument("--size", type=int, default=120, help="functions per leaf crate")
+    ap.add_argument("--size", type=int, default=80, help="functions per leaf crate")
     ap.add_argument("--height", type=int, default=760)
     args = ap.parse_args()
     cargo = shutil.which("cargo") or str(Path.home() / ".cargo/bin/cargo")
@@ -83,10 +83,10 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         make_workspace(work, args.size)
         shutil.rmtree(work / "target", ignore_errors=True)
-        cmd = [cargo, "build", "--offline", f"-j{args.jobs}"]
+        cmd = [cargo, "build", "--offline"]  # cargo takes -j from the jobserver
         with fastjob.Server(args.jobs) as server:
             # cargo runs in the implicit slot, as under `fastjob run`.
-            with Recorder(server, implicit=True, command=f"cargo build --offline -j{args.jobs}") as rec:
+            with Recorder(server, implicit=True, command="cargo build --offline") as rec:
                 subprocess.run(cmd, cwd=work, env=server.env(), pass_fds=server.pass_fds, check=True)
         print(rec.format_summary(), file=sys.stderr)
         html = Path(args.html) if args.html else work / "report.html"

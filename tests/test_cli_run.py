@@ -17,7 +17,7 @@ from conftest import debian_make
 _SCRIPT = Path(sys.executable).parent / "fastjob"
 FASTJOB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "fastjob"]
 PY = sys.executable
-TIMEOUT = 30
+TIMEOUT = 5
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -213,3 +213,46 @@ def test_help_has_examples(cmd: str) -> None:
     assert "examples:" in r.stdout
     assert f"fastjob {cmd}" in r.stdout
     assert "exit status:" in r.stdout
+
+
+def test_command_reading_the_terminal_is_given_it() -> None:
+    """COMMAND runs in its own process group; when it reads the terminal
+    (SIGTTIN) fastjob makes it the foreground group instead of hanging."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+
+    def controlling_tty() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        with subprocess.Popen(
+            [*FASTJOB, "run", "-j2", "--", "sh", "-c", "read x; echo got-$x"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=clean_env(),
+            start_new_session=True,
+            preexec_fn=controlling_tty,
+        ) as p:
+            os.close(slave)
+            slave = -1
+            os.write(master, b"hello\n")
+            rc = p.wait(TIMEOUT)
+            seen = b""
+            while select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert rc == 0
+    assert b"got-hello" in seen

@@ -297,10 +297,10 @@ class PoolModel(RuleBasedStateMachine):
     def child_spawn(self, n: int) -> None:
         assert self.server is not None
         child = Child(self.server)
+        self.children.append(child)
         child.take(n)
         for b in child.held:
             assert b in self.initial
-        self.children.append(child)
 
     @precondition(lambda self: bool(self.children))
     @rule(kill=st.booleans())
@@ -395,3 +395,56 @@ PoolModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestPoolModel = PoolModel.TestCase
+
+
+# -- regressions found by the tests above ------------------------------------------
+@pytest.mark.anyio
+@pytest.mark.parametrize("style", ["pipe", "fifo"])
+async def test_cancelled_leader_hands_on_the_wait(style: str) -> None:
+    """The oldest waiter of a loop watches the fd for all; when it is
+    cancelled the next waiter must take over, or a token released by another
+    process is never noticed (found by this suite: the others slept forever)."""
+    with fastjob.Server(2, style=style) as server:
+        client = server.client
+        held = [client.try_acquire(), client.try_acquire()]
+        assert all(held)
+        got: list[int] = []
+        scopes: dict[int, anyio.CancelScope] = {}
+
+        async def waiter(i: int) -> None:
+            with anyio.CancelScope() as scope:
+                scopes[i] = scope
+                tok = await client.acquire()
+                got.append(i)
+                tok.release()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for i in range(3):  # one by one: waiter 0 is the oldest, the leader
+                    tg.start_soon(waiter, i)
+                    while client.statistics().tasks_waiting < i + 1:
+                        await anyio.sleep(0.001)
+                scopes[0].cancel()  # the leader gives up
+                while client.statistics().tasks_waiting > 2:
+                    await anyio.sleep(0.001)
+                # Another process of the build releases a token.
+                other = fastjob.from_env(environ=server.env(), strict=True)
+                assert other is not None
+                await anyio.to_thread.run_sync(
+                    lambda: subprocess.run(
+                        [sys.executable, "-c",
+                         "import fastjob; c = fastjob.from_env(strict=True, implicit_token=False);"
+                         "c._t.write(ord('+')); c.close()"],
+                        env=server.env(), pass_fds=server.pass_fds, check=True, timeout=60,
+                    )
+                )
+                while len(got) < 2:
+                    await anyio.sleep(0.001)
+                other.close()
+        assert sorted(got) == [1, 2]
+        for t in held:
+            assert t is not None
+            t.release()
+        # The external byte was an extra token: reconcile removes it.
+        assert server.reconcile() == -1
+        assert server.available() == 1

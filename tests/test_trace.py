@@ -371,7 +371,7 @@ def test_cli_run_trace_and_report(tmp_path: Path) -> None:
 
     def values(a: float, b: float) -> set[int]:
         vs = {v for t, v in counters if a <= t <= b}
-        vs.update(v for t, v in counters[:1] + [c for c in counters if c[0] <= a][-1:])
+        vs.update(v for t, v in [c for c in counters if c[0] <= a][-1:])  # the value at a
         return vs
 
     us = SLACK * 1e6
@@ -408,3 +408,12 @@ def test_module_is_importable_standalone() -> None:
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                          text=True, timeout=30, check=True)
     assert out.stdout.strip() == "Recorder"
+
+
+def test_pool_closed_while_recording_stops_sampling() -> None:
+    server = fastjob.Server(2)
+    rec = Recorder(server).start()
+    server.close()
+    time.sleep(0.06)
+    s = rec.stop()
+    assert any("closed" in n for n in s.notes)

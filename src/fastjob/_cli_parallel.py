@@ -162,9 +162,11 @@ class Runner:
             and hasattr(os, "posix_spawn")
             and os.environ.get("FASTJOB_PARALLEL_SPAWN", "") != "anyio"
         )
-        if self._fast:
-            for fd in pool.pass_fds:  # posix_spawn passes what is inheritable
-                os.set_inheritable(fd, True)
+        # Jobs inherit what this process can pass on (as under make): the
+        # pool's fds are made inheritable, nothing is closed.
+        for fd in pool.pass_fds:
+            os.set_inheritable(fd, True)
+        self._pass_fds = pool.pass_fds if self._fast else _inheritable_fds()
 
     # -- scheduling -------------------------------------------------------------
     async def main(self) -> int:
@@ -279,7 +281,7 @@ class Runner:
             stdout=out.fileno(),
             stderr=err.fileno(),
             env=self._env,
-            pass_fds=self.pool.pass_fds,
+            pass_fds=self._pass_fds,
             start_new_session=True,
         )
         self.running[proc.pid] = proc.pid
@@ -356,6 +358,23 @@ class Runner:
                 os.write(2, b"\r\x1b[K")
             except OSError:
                 pass
+
+
+def _inheritable_fds() -> tuple[int, ...]:
+    """This process's fds above 2 that survive exec (what make would pass on)."""
+    try:
+        names = os.listdir("/dev/fd")
+    except OSError:
+        return ()
+    fds = []
+    for name in names:
+        fd = int(name)
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                fds.append(fd)
+        except OSError:
+            continue  # the listing's own fd, closed by now
+    return tuple(fds)
 
 
 def _status(code: int) -> int:

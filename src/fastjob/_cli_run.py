@@ -37,6 +37,60 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _terminal_fd() -> int | None:
+    """stdin if it is our controlling terminal and we are in its foreground."""
+    try:
+        if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+            return 0
+    except OSError:
+        pass
+    return None
+
+
+def _set_foreground(fd: int, pgid: int) -> None:
+    # A background group calling tcsetpgrp gets SIGTTOU unless it is ignored.
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(fd, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, old)
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for the command.  It runs in its own process group, which is not
+    the terminal's foreground group: if it stops to read from (or configure)
+    the terminal, it is given the terminal and continued; fastjob takes the
+    terminal back when it exits."""
+    tty = None
+    handed = False
+    try:
+        while True:
+            try:
+                _, wstatus = os.waitpid(proc.pid, os.WUNTRACED)
+            except ChildProcessError:
+                return proc.wait()
+            if os.WIFSTOPPED(wstatus):
+                if (
+                    tty is not None
+                    and not handed
+                    and os.WSTOPSIG(wstatus) in (signal.SIGTTIN, signal.SIGTTOU)
+                ):
+                    _set_foreground(tty, proc.pid)
+                    handed = True
+                    try:
+                        os.killpg(proc.pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+                continue  # other stops (SIGSTOP, Ctrl-Z) are the user's business
+            proc.returncode = os.waitstatus_to_exitcode(wstatus)
+            return proc.returncode
+    finally:
+        if handed and tty is not None:
+            _set_foreground(tty, os.getpgrp())
+
+
 def _spawn(command: Sequence[str], pool: Pool) -> subprocess.Popen[bytes]:
     group: dict[str, Any] = (
         {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
@@ -94,7 +148,7 @@ def run(
         if hooks is not None:
             for on_start in hooks.started:
                 on_start(proc.pid, pool)
-        status = exit_status(proc.wait())
+        status = exit_status(_wait(proc))
         if hooks is not None:
             for on_stop in hooks.stopped:
                 on_stop(proc.pid, status)

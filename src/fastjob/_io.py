@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 NATIVE: bool
 if os.environ.get("FASTJOB_NO_EXTENSIONS", "") not in ("", "0"):
@@ -36,12 +36,17 @@ available = _impl.available
 fill = _impl.fill
 drain = _impl.drain
 reopen_private = _impl.reopen_private
-Token = _impl.Token
-PoolCore = _impl.PoolCore
+if TYPE_CHECKING:
+    # Both implementations have one API; type against the pure one.
+    from ._io_py import PoolCore as PoolCore
+    from ._token import Token as Token
+else:
+    Token = _impl.Token
+    PoolCore = _impl.PoolCore
 if NATIVE:
     from ._errors import TokenLeakWarning as _TokenLeakWarning
 
-    _impl._set_leak_warning(_TokenLeakWarning)
+    _impl._set_leak_warning(_TokenLeakWarning)  # type: ignore[attr-defined]
 
 
 class FdInfo(NamedTuple):

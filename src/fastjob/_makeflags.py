@@ -46,6 +46,13 @@ class JobserverAuth:
     flags: str = ""
     text: str = ""
 
+    @property
+    def fds(self) -> tuple[int, int] | None:
+        """(read_fd, write_fd) for pipe style, else None."""
+        if self.read_fd is None or self.write_fd is None:
+            return None
+        return (self.read_fd, self.write_fd)
+
 
 @dataclass(frozen=True)
 class ParsedFlags:
@@ -182,7 +189,8 @@ def parse_makeflags(value: str | bytes) -> JobserverAuth | None:
 
 def escape(text: str) -> str:
     """Escape spaces and backslashes as make does inside MAKEFLAGS."""
-    return text.replace("\\", "\\\\").replace(" ", "\\ ").replace("\t", "\\\t")
+    out = text.replace("\\", "\\\\").replace(" ", "\\ ").replace("\t", "\\\t")
+    return out.replace("\n", "\\\n")  # the parser splits at newlines too
 
 
 def auth_option_text(auth: JobserverAuth) -> str:

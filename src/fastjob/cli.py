@@ -25,11 +25,6 @@ given, a new pool that fastjob creates and hands to it through MAKEFLAGS,
 MFLAGS, CARGO_MAKEFLAGS and inherited file descriptors."""
 
 EPILOG = """\
-commands:
-  run        run one command under a jobserver (joined or new)
-  doctor     explain the jobserver this process would see, and how to fix it
-  parallel   run many shell commands through the jobserver, like xargs -P
-
 examples:
   fastjob run -j8 -- cargo build
   fastjob doctor
@@ -149,11 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_formatter,
     )
     p.add_argument("--version", action="version", version=f"fastjob {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(
+        dest="cmd", metavar="COMMAND", title="commands", parser_class=_Parser
+    )
 
     run = sub.add_parser(
         "run",
-        help="run one command under a jobserver",
+        help="run one command under a jobserver (joined or new)",
         usage="fastjob run [-j N] [--style pipe|fifo] -- COMMAND [ARG...]",
         description=RUN_DESCRIPTION,
         epilog=RUN_EPILOG,
@@ -174,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser(
         "doctor",
-        help="explain the jobserver this process would see",
+        help="explain the jobserver this process would see, and how to fix it",
         description=DOCTOR_DESCRIPTION,
         epilog=DOCTOR_EPILOG,
         formatter_class=_formatter,
@@ -183,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     par = sub.add_parser(
         "parallel",
-        help="run many shell commands through the jobserver",
+        help="run many shell commands through the jobserver, like xargs -P",
         usage="fastjob parallel [-j N] [--keep-going] [--progress|--no-progress] [--tag]\n"
         "                        [-a FILE] [COMMAND_TEMPLATE ...] [::: ARG ...]",
         description=PARALLEL_DESCRIPTION,

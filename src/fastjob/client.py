@@ -356,11 +356,18 @@ class Client:
                         if timer.cancelled_caught:
                             t.check_alive()
                 st.scope = None
+        except JobserverError as exc:
+            # The pool is dead (EOF, owner gone) for every waiter, not just us.
+            st.scope = None
+            self._fail_waiters(exc)
+            raise
         finally:
             st.leader = None
             st.scope = None
-            nxt = st.queue[0] if st.queue else None
-            if nxt is not None and nxt is not w:
+            # Hand the lead on, also when we leave by cancellation or error
+            # (we are still queued then: skip ourselves).
+            nxt = next((x for x in st.queue if x is not w), None)
+            if nxt is not None:
                 nxt.wake_in_loop()
 
     # -- waiter bookkeeping (all under self._lock) ----------------------------

@@ -89,7 +89,7 @@ class Recorder:
         if isinstance(pool, Server):
             client = pool.client
             n: int | None = pool.jobs if jobs is None else jobs
-            self._available: Callable[[], int | None] = pool._transport.available
+            self._available: Callable[[], int | None] = _guarded(pool)
         elif isinstance(pool, Client):
             client = pool
             n = pool.jobs if jobs is None else jobs
@@ -380,6 +380,19 @@ class Recorder:
     def __repr__(self) -> str:
         state = "recording" if self._running else ("done" if self._summary else "new")
         return f"<fastjob.trace.Recorder jobs={self.jobs} {state}>"
+
+
+def _guarded(server: Server) -> Callable[[], int | None]:
+    """FIONREAD on the server's pool, refusing once it is closed (its fd
+    number may already name another file)."""
+    count = server._transport.available
+
+    def available() -> int | None:
+        if server._closed:
+            raise RuntimeError("the pool was closed while recording")
+        return count()
+
+    return available
 
 
 def _summary_dict(s: TraceSummary) -> dict[str, Any]:

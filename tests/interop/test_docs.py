@@ -55,7 +55,7 @@ def test_makefile_snippet(tmp_path: Path, locate: Callable[[], str]) -> None:
     assert "within -j4" in out, out  # run_all.py joined make's pool, not a private one
 
 
-def test_cargo_build_script_snippet(tmp_path: Path, overlap_log: OverlapLog) -> None:
+def test_cargo_build_script_snippet(tmp_path: Path) -> None:
     cargo = cargo_bin()
     doc = snippets()
     crate = tmp_path / "gencrate"
