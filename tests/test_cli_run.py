@@ -17,7 +17,7 @@ from conftest import debian_make
 _SCRIPT = Path(sys.executable).parent / "fastjob"
 FASTJOB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "fastjob"]
 PY = sys.executable
-TIMEOUT = 5
+TIMEOUT = 30
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -240,7 +240,12 @@ def test_command_reading_the_terminal_is_given_it() -> None:
             os.close(slave)
             slave = -1
             os.write(master, b"hello\n")
-            rc = p.wait(TIMEOUT)
+            try:
+                rc = p.wait(TIMEOUT)
+            finally:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)  # the command's group is
+                    p.wait()  # killed by the kernel when the session ends
             seen = b""
             while select.select([master], [], [], 0.2)[0]:
                 try:

@@ -63,7 +63,7 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
     the terminal's foreground group: if it stops to read from (or configure)
     the terminal, it is given the terminal and continued; fastjob takes the
     terminal back when it exits."""
-    tty = None
+    tty = _terminal_fd()
     handed = False
     try:
         while True:
