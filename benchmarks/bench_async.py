@@ -139,8 +139,8 @@ def _cycle_worker(n: int, batches: int) -> dict[str, Any]:
 
 def measure_cycle(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     rounds = 2 if quick else 5
-    n = 5000 if quick else 10000
-    batches = 3 if quick else 4
+    n = 3000 if quick else 10000
+    batches = 2 if quick else 4
     samples: dict[str, list[float]] = {}
     for rnd in range(rounds):
         for impl in IMPLS if rnd % 2 == 0 else IMPLS[::-1]:
@@ -392,7 +392,7 @@ def measure_handoff(quick: bool = False, log: Callable[[str], None] = print) -> 
     chunks so drift on the machine hits them all alike."""
     contenders, notes = handoff_contenders()
     chunks = 2 if quick else 4
-    per_chunk = 15 if quick else 60
+    per_chunk = 10 if quick else 60
     warm = 3
     lat: dict[str, list[int]] = {k: [] for k in contenders}
     for ch in range(chunks):
@@ -580,7 +580,7 @@ def _scale_worker(backend: str, counts: list[int], rounds: int, mem: bool = True
 
 def measure_scale(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     counts = [1, 100, 10000]
-    rounds = 40 if quick else 100
+    rounds = 20 if quick else 100
     reps = 1 if quick else 2
     impls = ("native",) if quick else IMPLS
     wake: dict[str, list[float]] = {}

@@ -44,24 +44,34 @@ def _jobgroup_worker(jobs: int, cmdfile: str) -> None:
     async def main() -> None:
         with fastjob.Server(jobs=jobs) as server:
             client = server.client
+            # The JobGroup's token is the job's token; the child gets the pool
+            # (env + fds) as fastjob.run_process would give it.  Nesting
+            # fastjob.run_process here would take a second token per job and
+            # can deadlock once every slot is held by a waiting job.
+            env, fds = client.env(), client.pass_fds
+            run = functools.partial(anyio.run_process, env=env, pass_fds=fds)
             async with fastjob.JobGroup(client) as group:
                 for argv in commands:
-                    await group.spawn(functools.partial(fastjob.run_process, argv, client=client))
+                    await group.spawn(run, argv)
 
     anyio.run(main)
 
 
-def _contenders(cli: bool) -> dict[str, Callable[[int, Path, Path], list[str]]]:
-    """name -> (N, command file, Makefile) -> argv; command file on stdin."""
-    out: dict[str, Callable[[int, Path, Path], list[str]]] = {
-        "make -jN": lambda n, cmds, mk: ["make", f"-j{n}", "-s", "-f", str(mk)],
-        "xargs -P N": lambda n, cmds, mk: ["xargs", "-P", str(n), "-L", "1"],
-        "JobGroup + run_process": lambda n, cmds, mk: [
+Argv = Callable[[int, Path, Path, str], list[str]]
+
+
+def _contenders(cli: bool) -> dict[str, Argv]:
+    """name -> (N, command file, Makefile, program) -> argv.  stdin is the
+    command file, except for xargs which reads one argument per line."""
+    out: dict[str, Argv] = {
+        "make -jN": lambda n, cmds, mk, prog: ["make", f"-j{n}", "-s", "-f", str(mk)],
+        "xargs -P N": lambda n, cmds, mk, prog: ["xargs", "-P", str(n), "-n", "1", prog],
+        "JobGroup + anyio.run_process": lambda n, cmds, mk, prog: [
             PY, str(HERE / "bench_makespan.py"), "--worker", str(n), str(cmds)
         ],
     }  # fmt: skip
     if cli:
-        out["fastjob parallel"] = lambda n, cmds, mk: [PY, "-m", "fastjob", "parallel", "-j", str(n)]
+        out["fastjob parallel"] = lambda n, cmds, mk, prog: [PY, "-m", "fastjob", "parallel", "-j", str(n)]
     return out
 
 
@@ -71,10 +81,10 @@ def measure(quick: bool = False, log: Callable[[str], None] = print, reps: int |
     reps = reps or (1 if quick else 2)
     job_ms = 10.0
     burn = build_c("burn")
-    kinds = {"sleep 0.01": "sleep 0.01"}
+    kinds = {"sleep 0.01": ("sleep", "0.01")}
     notes: dict[str, str] = {}
     if burn is not None:
-        kinds["burn 10 ms CPU"] = f"{burn} {job_ms:g}"
+        kinds["burn 10 ms CPU"] = (str(burn), f"{job_ms:g}")
     else:
         notes["burn"] = "skipped: no C compiler for the CPU job"
     cli = have_cli()
@@ -86,9 +96,11 @@ def measure(quick: bool = False, log: Callable[[str], None] = print, reps: int |
     env = impl_env("native")
     with tempfile.TemporaryDirectory(prefix="fj-makespan-") as tmp:
         files = {}
-        for kind, cmd in kinds.items():
+        for kind, (prog, arg) in kinds.items():
+            cmd = f"{prog} {arg}"
             cmds = Path(tmp, f"{len(files)}.cmds")
             cmds.write_text("".join(f"{cmd}\n" for _ in range(n_jobs)))
+            Path(f"{cmds}.args").write_text("".join(f"{arg}\n" for _ in range(n_jobs)))
             mk = Path(tmp, f"{len(files)}.mk")
             targets = " ".join(f"j{i}" for i in range(n_jobs))
             body = "".join(f"j{i}:\n\t@{cmd}\n" for i in range(n_jobs))
@@ -100,8 +112,9 @@ def measure(quick: bool = False, log: Callable[[str], None] = print, reps: int |
                     names = list(contenders)
                     k = (rep + n) % len(names)
                     for name in names[k:] + names[:k]:
-                        argv = contenders[name](n, cmds, mk)
-                        with open(cmds, "rb") as stdin:
+                        argv = contenders[name](n, cmds, mk, kinds[kind][0])
+                        feed = f"{cmds}.args" if name.startswith("xargs") else cmds
+                        with open(feed, "rb") as stdin:
                             t0 = time.perf_counter()
                             r = subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.PIPE, env=env, timeout=600, cwd=tmp)  # fmt: skip

@@ -124,7 +124,7 @@ def _native_cycle(cmd: list[str]) -> list[float]:
 def measure(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """All sync contenders of table 1, alternated over several rounds."""
     rounds = 2 if quick else 5
-    n = 10000 if quick else 20000
+    n = 5000 if quick else 20000
     batches = 3 if quick else 5
     samples: dict[str, list[float]] = {}
     notes: dict[str, str] = {}

@@ -12,7 +12,8 @@
 # docs/, examples/, pyproject.toml for the pytest settings), so `import
 # fastjob` is the installed package, never the source tree.  Needs python3 (>= 3.10) with venv, a C
 # compiler and PyPI; everything else is installed here.  Artefacts are left in
-# wheelhouse/.  Extra pytest arguments: CHECK_WHEEL_PYTEST_ARGS.
+# wheelhouse/.  Extra pytest arguments: CHECK_WHEEL_PYTEST_ARGS; each suite is
+# stopped after CHECK_WHEEL_SUITE_TIMEOUT seconds (900).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -72,7 +73,8 @@ else:
         raise AssertionError("a pure build installed _fastjob")
 print(f"fastjob {fastjob.__version__} from {where}, NATIVE={fastjob.NATIVE}")
 EOF
-        "$venv/bin/python" -m pytest "$@"
+        # A hung test must not eat CI's time budget.
+        timeout --kill-after=30 "${CHECK_WHEEL_SUITE_TIMEOUT:-900}" "$venv/bin/python" -m pytest "$@"
     )
 }
 

@@ -31,6 +31,13 @@
 #define ENOSYS 40
 #endif
 
+/* Older MSVC C compilers spell it __inline. */
+#if defined(_MSC_VER) && !defined(__cplusplus)
+#define FJ_INLINE __inline
+#else
+#define FJ_INLINE inline
+#endif
+
 typedef long long fj_handle_t;
 
 /* Results of fj_sem_wait. */
@@ -52,10 +59,10 @@ typedef long long fj_handle_t;
 #endif
 static FJ_TLS unsigned long fj_win_error_ = 0;
 
-static inline unsigned long fj_win_last_error(void) { return fj_win_error_; }
+static FJ_INLINE unsigned long fj_win_last_error(void) { return fj_win_error_; }
 
 /* Record GetLastError() and map it to errno; always returns -1. */
-static inline int fj_win_fail(void) {
+static FJ_INLINE int fj_win_fail(void) {
     DWORD e = GetLastError();
     fj_win_error_ = (unsigned long)e;
     switch (e) {
@@ -81,7 +88,7 @@ static inline int fj_win_fail(void) {
 
 /* Create a new semaphore NAME holding `count` tokens, at most `max_count`.
  * A name that already exists is an error (EEXIST): a server must own its pool. */
-static inline int fj_sem_create(const char *name, int count, int max_count, fj_handle_t *out) {
+static FJ_INLINE int fj_sem_create(const char *name, int count, int max_count, fj_handle_t *out) {
     HANDLE h;
     *out = 0;
     if (count < 0 || max_count < 1 || count > max_count) {
@@ -102,7 +109,7 @@ static inline int fj_sem_create(const char *name, int count, int max_count, fj_h
 }
 
 /* Open the semaphore a jobserver named (the client side). */
-static inline int fj_sem_open(const char *name, fj_handle_t *out) {
+static FJ_INLINE int fj_sem_open(const char *name, fj_handle_t *out) {
     HANDLE h = OpenSemaphoreA(SYNCHRONIZE | SEMAPHORE_MODIFY_STATE, FALSE, name);
     *out = 0;
     if (h == NULL) return fj_win_fail();
@@ -111,7 +118,7 @@ static inline int fj_sem_open(const char *name, fj_handle_t *out) {
 }
 
 /* Take a token if one is free now: 1, else FJ_AGAIN.  Never blocks. */
-static inline int fj_sem_try(fj_handle_t sem) {
+static FJ_INLINE int fj_sem_try(fj_handle_t sem) {
     DWORD r = WaitForSingleObject((HANDLE)(INT_PTR)sem, 0);
     if (r == WAIT_OBJECT_0) return 1;
     if (r == WAIT_TIMEOUT) return FJ_AGAIN;
@@ -123,7 +130,7 @@ static inline int fj_sem_try(fj_handle_t sem) {
  * < 0 waits forever).  When both are signalled the cancel wins and no token
  * is taken: WaitForMultipleObjects reports the lowest index, so the cancel
  * event goes first. */
-static inline int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeout_ms) {
+static FJ_INLINE int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeout_ms) {
     HANDLE hs[2];
     DWORD n = 0, r;
     DWORD ms = timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms;
@@ -143,13 +150,13 @@ static inline int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeout_m
 
 /* Give one token back.  EOVERFLOW when that would exceed the maximum count
  * (more releases than acquires). */
-static inline int fj_sem_release(fj_handle_t sem) {
+static FJ_INLINE int fj_sem_release(fj_handle_t sem) {
     if (!ReleaseSemaphore((HANDLE)(INT_PTR)sem, 1, NULL)) return fj_win_fail();
     return 0;
 }
 
 /* An auto-reset event, unsignalled: the cancel handle of fj_sem_wait. */
-static inline int fj_event_create(fj_handle_t *out) {
+static FJ_INLINE int fj_event_create(fj_handle_t *out) {
     HANDLE h = CreateEventA(NULL, FALSE, FALSE, NULL);
     *out = 0;
     if (h == NULL) return fj_win_fail();
@@ -157,12 +164,12 @@ static inline int fj_event_create(fj_handle_t *out) {
     return 0;
 }
 
-static inline int fj_event_set(fj_handle_t ev) {
+static FJ_INLINE int fj_event_set(fj_handle_t ev) {
     if (!SetEvent((HANDLE)(INT_PTR)ev)) return fj_win_fail();
     return 0;
 }
 
-static inline int fj_handle_close(fj_handle_t h) {
+static FJ_INLINE int fj_handle_close(fj_handle_t h) {
     if (!CloseHandle((HANDLE)(INT_PTR)h)) return fj_win_fail();
     return 0;
 }
@@ -177,42 +184,42 @@ typedef struct {
     int fd_flags;
 } fj_fd_info_t;
 
-static inline int fj_enosys_(void) { errno = ENOSYS; return -1; }
-static inline int fj_try_read(int fd) { (void)fd; return fj_enosys_(); }
-static inline int fj_read_blocking(int fd) { (void)fd; return fj_enosys_(); }
-static inline int fj_read_nowait(int fd) { (void)fd; return fj_enosys_(); }
-static inline int fj_write(int fd, int byte) { (void)fd; (void)byte; return fj_enosys_(); }
-static inline int fj_wait_readable(int fd, int cancel_fd, int timeout_ms) {
+static FJ_INLINE int fj_enosys_(void) { errno = ENOSYS; return -1; }
+static FJ_INLINE int fj_try_read(int fd) { (void)fd; return fj_enosys_(); }
+static FJ_INLINE int fj_read_blocking(int fd) { (void)fd; return fj_enosys_(); }
+static FJ_INLINE int fj_read_nowait(int fd) { (void)fd; return fj_enosys_(); }
+static FJ_INLINE int fj_write(int fd, int byte) { (void)fd; (void)byte; return fj_enosys_(); }
+static FJ_INLINE int fj_wait_readable(int fd, int cancel_fd, int timeout_ms) {
     (void)fd; (void)cancel_fd; (void)timeout_ms; return fj_enosys_();
 }
-static inline int fj_available(int fd) { (void)fd; return fj_enosys_(); }
-static inline int fj_fill(int fd, int byte, int n) { (void)fd; (void)byte; (void)n; return fj_enosys_(); }
-static inline int fj_drain(int fd, unsigned char *buf, int cap) {
+static FJ_INLINE int fj_available(int fd) { (void)fd; return fj_enosys_(); }
+static FJ_INLINE int fj_fill(int fd, int byte, int n) { (void)fd; (void)byte; (void)n; return fj_enosys_(); }
+static FJ_INLINE int fj_drain(int fd, unsigned char *buf, int cap) {
     (void)fd; (void)buf; (void)cap; return fj_enosys_();
 }
-static inline int fj_reopen_private(int fd, int flags) { (void)fd; (void)flags; return fj_enosys_(); }
-static inline int fj_fd_info(int fd, fj_fd_info_t *info) { (void)fd; (void)info; return fj_enosys_(); }
+static FJ_INLINE int fj_reopen_private(int fd, int flags) { (void)fd; (void)flags; return fj_enosys_(); }
+static FJ_INLINE int fj_fd_info(int fd, fj_fd_info_t *info) { (void)fd; (void)info; return fj_enosys_(); }
 
 #else /* !_WIN32: the semaphore calls exist but fail with ENOSYS */
 
-static inline unsigned long fj_win_last_error(void) { return 0; }
-static inline int fj_sem_enosys_(fj_handle_t *out) {
+static FJ_INLINE unsigned long fj_win_last_error(void) { return 0; }
+static FJ_INLINE int fj_sem_enosys_(fj_handle_t *out) {
     if (out) *out = 0;
     errno = ENOSYS;
     return -1;
 }
-static inline int fj_sem_create(const char *name, int count, int max_count, fj_handle_t *out) {
+static FJ_INLINE int fj_sem_create(const char *name, int count, int max_count, fj_handle_t *out) {
     (void)name; (void)count; (void)max_count; return fj_sem_enosys_(out);
 }
-static inline int fj_sem_open(const char *name, fj_handle_t *out) { (void)name; return fj_sem_enosys_(out); }
-static inline int fj_sem_try(fj_handle_t sem) { (void)sem; return fj_sem_enosys_(0); }
-static inline int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeout_ms) {
+static FJ_INLINE int fj_sem_open(const char *name, fj_handle_t *out) { (void)name; return fj_sem_enosys_(out); }
+static FJ_INLINE int fj_sem_try(fj_handle_t sem) { (void)sem; return fj_sem_enosys_(0); }
+static FJ_INLINE int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeout_ms) {
     (void)sem; (void)cancel; (void)timeout_ms; return fj_sem_enosys_(0);
 }
-static inline int fj_sem_release(fj_handle_t sem) { (void)sem; return fj_sem_enosys_(0); }
-static inline int fj_event_create(fj_handle_t *out) { return fj_sem_enosys_(out); }
-static inline int fj_event_set(fj_handle_t ev) { (void)ev; return fj_sem_enosys_(0); }
-static inline int fj_handle_close(fj_handle_t h) { (void)h; return fj_sem_enosys_(0); }
+static FJ_INLINE int fj_sem_release(fj_handle_t sem) { (void)sem; return fj_sem_enosys_(0); }
+static FJ_INLINE int fj_event_create(fj_handle_t *out) { return fj_sem_enosys_(out); }
+static FJ_INLINE int fj_event_set(fj_handle_t ev) { (void)ev; return fj_sem_enosys_(0); }
+static FJ_INLINE int fj_handle_close(fj_handle_t h) { (void)h; return fj_sem_enosys_(0); }
 
 #endif /* _WIN32 */
 #endif /* FASTJOB_IO_WIN_H */

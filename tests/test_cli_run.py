@@ -31,14 +31,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def fastjob(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+def fastjob(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*FASTJOB, *args],
         env=clean_env() if env is None else env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        **kw,  # type: ignore[arg-type]
     )
 
 

@@ -23,9 +23,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ._cli_pool import Pool, open_pool, warn
 from ._token import Token
@@ -36,11 +37,13 @@ MAX_STATUS = 101
 # Characters that need no shell; a command made only of them (and spaces)
 # is split on spaces and exec'ed directly.
 _PLAIN = re.compile(r"[A-Za-z0-9_./,:+@%=-]+( +[A-Za-z0-9_./,:+@%=-]+)*")
+# Words that only a shell understands (keywords, builtins that change the
+# shell or have no program of their own); like make, anything else plain is
+# exec'ed without a shell.
 _SHELL_WORDS = frozenset(
     """. : alias bg break case cd command continue do done elif else esac eval exec exit
-    export false fc fg fi for getopts hash if in jobs kill local printf pwd read readonly
-    return set shift test then times trap true type ulimit umask unalias unset until wait
-    while echo""".split()
+    export fc fg fi for getopts hash if in jobs kill local read readonly return set shift
+    then times trap type ulimit umask unalias unset until wait while""".split()
 )
 
 
@@ -76,7 +79,12 @@ class Spec:
     keep_going: bool = False
     progress: bool = False
     tag: bool = False
+    #: hooks for samplers and reports (``--trace``/``--report``): ``on_start``
+    #: once the pool is open, ``on_job`` as each job ends, ``on_stop`` before
+    #: the pool is accounted for and closed
+    on_start: list[Callable[[Pool], None]] = field(default_factory=list)
     on_job: list[Callable[[JobRecord], None]] = field(default_factory=list)
+    on_stop: list[Callable[[Pool], None]] = field(default_factory=list)
 
 
 def build_commands(
@@ -187,7 +195,7 @@ class Runner:
                                 if self.stopping:
                                     tok.release()
                                     break
-                                jobs.start_soon(self._job, i, cmd, tok)
+                                self._launch(jobs, i, cmd, tok)
                     outer.cancel_scope.cancel()
         finally:
             self._outputs.close()
@@ -219,22 +227,41 @@ class Runner:
                     pass
 
     # -- one job ----------------------------------------------------------------
-    async def _job(self, index: int, command: str, tok: Token) -> None:
+    def _launch(self, tg: TaskGroup, index: int, command: str, tok: Token) -> None:
+        """Start one job holding ``tok``.  On the fast path the process is
+        spawned right here (no extra event-loop turn before it starts)."""
         pair = self._outputs.take()
-        out, err = pair
         start = time.monotonic()
+        spawned: int | OSError | None = None
+        if self._fast:
+            try:
+                spawned = self._spawn(command, pair)
+            except OSError as exc:
+                spawned = exc
+        tg.start_soon(self._job, index, command, tok, pair, start, spawned)
+
+    async def _job(
+        self,
+        index: int,
+        command: str,
+        tok: Token,
+        pair: tuple[IO[bytes], IO[bytes]],
+        start: float,
+        spawned: int | OSError | None,
+    ) -> None:
         pid: int | None = None
         try:
             try:
-                if self._fast:
-                    pid, status = await self._run_spawn(command, out, err)
+                if isinstance(spawned, OSError):
+                    raise spawned
+                if spawned is not None:
+                    pid, status = spawned, await self._reap(spawned)
                 else:
-                    pid, status = await self._run_anyio(command, out, err)
+                    pid, status = await self._run_anyio(command, *pair)
             except OSError as exc:
                 program = argv_for(command)[0]
                 what = "command not found" if isinstance(exc, FileNotFoundError) else exc.strerror
-                err.write(f"fastjob: {program}: {what}\n".encode())
-                err.flush()
+                _write_all(pair[1].fileno(), f"fastjob: {program}: {what}\n".encode())
                 status = 127 if isinstance(exc, FileNotFoundError) else 126
         finally:
             tok.release()
@@ -245,16 +272,22 @@ class Runner:
         for cb in self.spec.on_job:
             cb(rec)
 
-    async def _run_spawn(self, command: str, out: IO[bytes], err: IO[bytes]) -> tuple[int, int]:
+    def _spawn(self, command: str, pair: tuple[IO[bytes], IO[bytes]]) -> int:
+        """posix_spawn the command in its own process group, stdin from
+        /dev/null, stdout/stderr into the job's files; returns the pid."""
         program, argv = argv_for(command)
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
-            (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+            (os.POSIX_SPAWN_DUP2, pair[0].fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, pair[1].fileno(), 2),
         ]
         spawn = os.posix_spawn if program.startswith("/") else os.posix_spawnp
         pid = spawn(program, argv, self._env, file_actions=actions, setpgroup=0)
         self.running[pid] = pid
+        return pid
+
+    async def _reap(self, pid: int) -> int:
+        """Wait (pidfd) for a spawned job and reap it; its exit status."""
         try:
             pidfd = os.pidfd_open(pid)
             try:
@@ -271,7 +304,7 @@ class Runner:
         finally:
             self.running.pop(pid, None)
         _, wstatus = os.waitpid(pid, 0)
-        return pid, _status(os.waitstatus_to_exitcode(wstatus))
+        return _status(os.waitstatus_to_exitcode(wstatus))
 
     async def _run_anyio(self, command: str, out: IO[bytes], err: IO[bytes]) -> tuple[int, int]:
         program, argv = argv_for(command)
@@ -395,7 +428,7 @@ def _tag_lines(tag: bytes, data: bytes) -> bytes:
     return b"".join(tag + b"\t" + ln for ln in lines)
 
 
-def parallel(spec: Spec, hooks: Callable[[Runner], None] | None = None) -> int:
+def parallel(spec: Spec) -> int:
     """Run spec.commands in the inherited pool or a new one of spec.jobs;
     returns the number of failed commands (at most 101), 128+N on signal N."""
     if not spec.commands:
@@ -403,8 +436,23 @@ def parallel(spec: Spec, hooks: Callable[[Runner], None] | None = None) -> int:
     pool = open_pool(spec.jobs)
     try:
         runner = Runner(spec, pool)
-        if hooks is not None:
-            hooks(runner)
-        return anyio.run(runner.main)
+        for on_start in spec.on_start:
+            on_start(pool)
+        try:
+            return anyio.run(runner.main, **_backend_options())
+        finally:
+            for on_stop in spec.on_stop:
+                on_stop(pool)
     finally:
         pool.finish()
+
+
+def _backend_options() -> dict[str, Any]:
+    """The event loop: asyncio unless FASTJOB_PARALLEL_BACKEND says "trio"
+    or "uvloop" (either must be installed)."""
+    choice = os.environ.get("FASTJOB_PARALLEL_BACKEND", "")
+    if choice == "trio":
+        return {"backend": "trio"}
+    if choice == "uvloop":
+        return {"backend_options": {"use_uvloop": True}}
+    return {}

@@ -286,15 +286,23 @@ class Client:
             import trio
 
             await trio.lowlevel.checkpoint_if_cancelled()
-            tok = self.try_acquire()
+            tok = self._try_on_loop()
             if tok is not None:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return tok
         else:
-            tok = self.try_acquire()
+            tok = self._try_on_loop()
             if tok is not None:
                 return tok
         return await self._acquire_slow()
+
+    def _try_on_loop(self) -> Token | None:
+        """try_acquire for an event loop: on a blocking description only the
+        implicit token, since the reader thread hand-off (Reader.try_get)
+        waits up to 50 ms, which must not happen on the loop."""
+        if self._slow_read and not (self._implicit and not self._waiters):
+            return None
+        return self.try_acquire()
 
     def token(self) -> _TokenContext:
         """``async with client.token() as tok:`` acquire, run, release
