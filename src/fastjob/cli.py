@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run one command under a jobserver (joined or new)",
-        usage="fastjob run [-j N] [--style pipe|fifo] -- COMMAND [ARG...]",
+        usage="fastjob run [-j N] [--style pipe|fifo] [--trace FILE.json] [--report FILE.html] -- COMMAND [ARG...]",
         description=RUN_DESCRIPTION,
         epilog=RUN_EPILOG,
         formatter_class=_formatter,
@@ -166,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="how a new pool is passed: 'pipe' (two inherited fds, read by every "
         "make, ninja and cargo; the default) or 'fifo' (a named pipe, make >= 4.4 "
         "and ninja >= 1.13)",
+    )
+
+    run.add_argument(
+        "--trace", metavar="FILE.json",
+        help="record the pool's occupancy, CPU use while it runs and write a "
+        "Chrome trace (open it in https://ui.perfetto.dev or chrome://tracing); a "
+        "summary goes to stderr",
+    )
+    run.add_argument(
+        "--report", metavar="FILE.html",
+        help="write the same recording as a self-contained HTML report (chart + summary)",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
@@ -182,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         "parallel",
         help="run many shell commands through the jobserver, like xargs -P",
         usage="fastjob parallel [-j N] [--keep-going] [--progress|--no-progress] [--tag]\n"
-        "                        [-a FILE] [COMMAND_TEMPLATE ...] [::: ARG ...]",
+        "                        [-a FILE] [--trace FILE.json] [--report FILE.html]\n"
+        "                        [COMMAND_TEMPLATE ...] [::: ARG ...]",
         description=PARALLEL_DESCRIPTION,
         epilog=PARALLEL_EPILOG,
         formatter_class=_formatter,
@@ -210,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-a", "--arg-file", metavar="FILE",
         help="read input lines from FILE instead of standard input",
     )
+
+    par.add_argument(
+        "--trace", metavar="FILE.json",
+        help="record the pool's occupancy, CPU use and one span per job while it runs and write a "
+        "Chrome trace (open it in https://ui.perfetto.dev or chrome://tracing); a "
+        "summary goes to stderr",
+    )
+    par.add_argument(
+        "--report", metavar="FILE.html",
+        help="write the same recording as a self-contained HTML report (chart + summary)",
+    )
     par.add_argument("template", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
@@ -227,9 +250,19 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         _fail("fastjob run", "no COMMAND given after --")
     if not command[0]:
         _fail("fastjob run", "the COMMAND is empty")
-    from ._cli_run import run
+    from ._cli_run import RunHooks, run
 
-    return run(command, ns.jobs, ns.style)
+    hooks = None
+    if ns.trace or ns.report:
+        from ._cli_trace import CliTrace
+
+        tracer = CliTrace(ns.trace, ns.report, " ".join(command))
+        # the command holds the implicit slot while it runs
+        hooks = RunHooks(
+            started=[lambda pid, pool: tracer.start(pool, implicit=True)],
+            stopped=[lambda pid, status: tracer.stop()],
+        )
+    return run(command, ns.jobs, ns.style, hooks=hooks)
 
 
 def _cmd_doctor(ns: argparse.Namespace) -> int:
@@ -275,6 +308,13 @@ def _cmd_parallel(ns: argparse.Namespace, args: list[str] | None) -> int:
     spec = Spec(
         commands, tags, jobs=ns.jobs, keep_going=ns.keep_going, progress=progress, tag=ns.tag
     )
+    if ns.trace or ns.report:
+        from ._cli_trace import CliTrace
+
+        tracer = CliTrace(ns.trace, ns.report, "fastjob parallel")
+        spec.on_start.append(lambda pool: tracer.start(pool, implicit=None))
+        spec.on_job.append(tracer.job)
+        spec.on_stop.append(lambda pool: tracer.stop())
     return parallel(spec)
 
 
