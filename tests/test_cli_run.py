@@ -214,6 +214,19 @@ def test_help_has_examples(cmd: str) -> None:
     assert "exit status:" in r.stdout
 
 
+def _session_members(sid: int) -> list[int]:
+    """Pids whose session id is sid (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
 def test_command_reading_the_terminal_is_given_it() -> None:
     """COMMAND runs in its own process group; when it reads the terminal
     (SIGTTIN) fastjob makes it the foreground group instead of hanging."""
@@ -243,8 +256,15 @@ def test_command_reading_the_terminal_is_given_it() -> None:
                 rc = p.wait(TIMEOUT)
             finally:
                 if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGKILL)  # the command's group is
-                    p.wait()  # killed by the kernel when the session ends
+                    # never hang the suite: kill fastjob and every process of
+                    # its session (the command may sit stopped in its own group)
+                    for pid in _session_members(p.pid):
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
+                    p.kill()
+                    p.wait(TIMEOUT)
             seen = b""
             while select.select([master], [], [], 0.2)[0]:
                 try:
