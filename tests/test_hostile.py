@@ -158,7 +158,9 @@ CASES = [
     Case("nul-in-path", A("--jobserver-auth=fifo:/tmp/a\0b"), InvalidAuthError),
     Case("nul-in-fds", A("--jobserver-auth={r}\0,{w}"), InvalidAuthError),
     Case("last-wins-bad", A("--jobserver-auth={r},{w} --jobserver-auth=x,y"), InvalidAuthError),
-    Case("semaphore-on-posix", A("--jobserver-auth=gmake_semaphore_1234"), UnsupportedPlatformError),
+    Case(
+        "semaphore-on-posix", A("--jobserver-auth=gmake_semaphore_1234"), UnsupportedPlatformError
+    ),
     # -- fds that are not a usable pipe ----------------------------------------
     Case("closed-fds", A("--jobserver-auth={unused},{unused}"), BadFdError),
     Case("max-fd", A("--jobserver-auth=2147483647,2147483647"), BadFdError),
@@ -219,7 +221,10 @@ CASES = [
     ),
     Case(
         "cargo-broken-first",
-        lambda e: {"CARGO_MAKEFLAGS": "--jobserver-auth=x,y", "MAKEFLAGS": f"--jobserver-auth={e.r},{e.w}"},
+        lambda e: {
+            "CARGO_MAKEFLAGS": "--jobserver-auth=x,y",
+            "MAKEFLAGS": f"--jobserver-auth={e.r},{e.w}",
+        },
         InvalidAuthError,
     ),
     Case("mflags-only", lambda e: {"MFLAGS": f"-j2 --jobserver-auth={e.r},{e.w}"}, CLIENT),

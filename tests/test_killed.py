@@ -190,7 +190,8 @@ def test_fastjob_run_reports_lost_tokens(style: str | None) -> None:
     """`fastjob run -j4 -- cmd` where cmd's child dies holding tokens: the
     run says how many were lost and leaves nothing behind."""
     code = GRANDCHILD_KILLER.format(worker=WORKER)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")}
+    jobserver_vars = ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")
+    env = {k: v for k, v in os.environ.items() if k not in jobserver_vars}
     extra = ["--style", style] if style else []
     out = subprocess.run(
         [sys.executable, "-m", "fastjob", "run", "-j4", *extra, "--", sys.executable, "-c", code],

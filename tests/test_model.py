@@ -462,3 +462,32 @@ async def test_cancelled_leader_hands_on_the_wait(style: str) -> None:
         # The external byte was an extra token: reconcile removes it.
         assert server.reconcile() == -1
         assert server.available() == 1
+
+
+@pytest.mark.anyio
+async def test_async_acquire_never_waits_on_the_reader_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under the reader-thread strategy (a blocking inherited pipe, as on
+    macOS) try_acquire hands off to the thread and waits up to 50 ms; the
+    async acquire must not do that on the event loop (found by this suite:
+    asyncio debug mode reported a 100 ms blocked loop)."""
+    monkeypatch.setenv("FASTJOB_WAIT_STRATEGY", "thread")
+    with fastjob.Server(3) as server:
+        client = server.client
+        implicit = await client.acquire()
+        assert implicit.implicit
+        reader = client._reader
+        assert reader is not None
+
+        def no_blocking_handoff(*args: object, **kwargs: object) -> None:
+            raise AssertionError("Reader.try_get (a blocking wait) called on the event loop")
+
+        monkeypatch.setattr(reader, "try_get", no_blocking_handoff)
+        with anyio.fail_after(10):
+            toks = [await client.acquire() for _ in range(2)]
+        assert all(t.byte == b"+" for t in toks)
+        for t in toks:
+            t.release()
+        implicit.release()
+        assert server.available() == 2

@@ -69,12 +69,13 @@ def stress(style: str, strategy: str, procs: int, seconds: float, jobs: int) -> 
         # The whole point: every token is back, none extra.
         assert server.available() == jobs - 1
         assert server.reconcile() == 0
-        totals: dict[str, object] = {"test": f"stress-{style}-{strategy}", "procs": procs}
+        sums: dict[str, int] = {}
         for r in results:
             for k, v in r.items():
                 if isinstance(v, int):
-                    totals[k] = int(totals.get(k, 0)) + v  # type: ignore[call-overload]
-        cycles = int(totals.get("sync", 0)) + int(totals.get("async", 0))  # type: ignore[call-overload]
+                    sums[k] = sums.get(k, 0) + v
+        cycles = sums.get("sync", 0) + sums.get("async", 0)
+        totals: dict[str, object] = {"test": f"stress-{style}-{strategy}", "procs": procs, **sums}
         totals["cycles"] = cycles
         totals["tokens_lost"] = jobs - 1 - server.available()
         record(totals)
