@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,5 +23,6 @@ def test_readme_block_runs(index: int, tmp_path: Path) -> None:
         code += "\nanyio.run(main)\n"
     (tmp_path / "Makefile").write_text("all:\n\t@true\n")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")}
+    code = textwrap.dedent(code)  # blocks nested in list items are indented
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, f"README block {index} failed:\n{code}\n{res.stderr}"
