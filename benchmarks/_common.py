@@ -84,6 +84,7 @@ def machine() -> dict[str, Any]:
         "fastjob_native_available": fastjob.NATIVE,
         "cc": _first_line(["cc", "--version"]),
         "make": _first_line(["make", "--version"]),
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 

@@ -603,7 +603,7 @@ def measure_scale(quick: bool = False, log: Callable[[str], None] = print) -> di
         log(f"  scale rep {rep + 1}/{reps} done")
     return {
         "params": {"waiters": counts, "wakeups_per_count": rounds, "reps": reps, "impls": list(impls),
-                   "released": "a pool token (written to the pipe) by the main task"},  # fmt: skip
+                   "released": "a pool token, written to the pipe by the main task"},  # fmt: skip
         "wake_ns": {k: summary(v) for k, v in wake.items()},
         "bytes_per_waiter": {k: summary(v) for k, v in mem.items()},
     }

@@ -86,6 +86,8 @@ def render(res: dict[str, Any]) -> str:
         "A small shared VM: expect run-to-run noise; each figure is a median with its spread, "
         "and contenders were alternated within every measurement.\n"
     )
+    if m.get("loadavg_at_start"):
+        md.append(f"Load average when the run started: {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}.\n")
     if res.get("quick"):
         md.append("**This was a `--quick` run: smaller samples, wider error bars.**\n")
     targets: list[str] = []
@@ -241,7 +243,7 @@ def render(res: dict[str, Any]) -> str:
         md.append("## 4. Scale in one process\n")
         md.append(
             "N tasks wait on one client; the main task holds the only free slot and releases it "
-            f"({sc4['params']['released']}); the cost is from release() to the oldest waiter's acquire "
+            f"({sc4['params']['released'].replace('a pool token (written to the pipe) by the main task', 'a pool token, written to the pipe')}); the cost is from release() to the oldest waiter's acquire "
             "returning. The woken task hands the token back and queues again, so N tasks wait every round. "
             "Memory per waiting task is tracemalloc's count for a task blocked in `client.acquire()` "
             "(the task itself included), next to a bare task blocked on an `anyio.Event`.\n"

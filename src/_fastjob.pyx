@@ -375,6 +375,9 @@ cdef class PoolCore:
     cdef list implicit
     cdef object waiters
     cdef object slow
+    cdef object lock_acquire
+    cdef object lock_release
+    cdef public bint owns_implicit
     cdef public bint closed
     cdef public int gen
     cdef public long long acquired
@@ -389,18 +392,33 @@ cdef class PoolCore:
         self.gen = 0
         self.acquired = 0
 
-    def bind(self, client, list implicit, waiters, slow, int gen):
+    def bind(self, client, list implicit, waiters, slow, int gen, lock, bint owns_implicit):
         """Attach the client state the fast path must respect."""
         self.client = client
         self.implicit = implicit
         self.waiters = waiters
         self.slow = slow
         self.gen = gen
+        self.lock_acquire = lock.acquire
+        self.lock_release = lock.release
+        self.owns_implicit = owns_implicit
 
     def try_acquire(self):
         """Client.try_acquire, fast path in C (see Client.try_acquire)."""
-        if self.closed or self.implicit or self.waiters:
+        cdef Token tok
+        if self.closed or self.waiters:
             return self.slow()
+        if self.implicit:
+            # check and pop run under the GIL with no Python code between:
+            # atomic, so the implicit token is handed out once
+            self.implicit.pop()
+            tok = Token.__new__(Token)
+            tok._client = self.client
+            tok._byte = -1
+            tok._gen = self.gen
+            tok._core = self
+            self.acquired += 1
+            return tok
         tok = self.take(self.client, self.gen)
         if tok is None:
             return None
@@ -433,7 +451,23 @@ cdef class PoolCore:
         return tok
 
     cpdef give(self, Token tok):
-        """Release a pool token: write its byte back, once."""
+        """Release a token: a pool token's byte is written back, once; the
+        implicit token goes back to its slot (or, when tasks wait, through
+        the client's slow path, which hands it on)."""
+        if tok._byte < 0:
+            self.lock_acquire()
+            try:
+                if tok._client is None:
+                    return
+                if not (self.waiters or self.closed or tok._gen != self.gen):
+                    tok._client = None
+                    if self.owns_implicit:
+                        self.implicit.append(1)
+                    return
+            finally:
+                self.lock_release()
+            self.client._release(tok)
+            return
         b = self.held.pop(id(tok), None)
         tok._client = None
         if b is None:

@@ -357,3 +357,27 @@ async def test_connect_falls_back_to_private_server(anyio_backend: str, monkeypa
     assert c is fastjob.connect(jobs=2)
     async with c.token() as t:
         assert t.implicit
+
+
+async def test_run_process_in_jobgroup_uses_the_task_token(anyio_backend: str) -> None:
+    # group.spawn(run_process, ...) must not take a second token per job:
+    # with every slot held by a task waiting for another, it would deadlock
+    import functools
+
+    with fastjob.Server(2) as s:
+        with anyio.fail_after(30):
+            async with fastjob.JobGroup(s.client) as g:
+                for _ in range(6):
+                    await g.spawn(functools.partial(fastjob.run_process, ["true"], client=s.client))
+        assert s.available() == 1 and s.client.statistics().tokens_held == 0
+
+        # two children started concurrently inside one task: only one borrows it
+        async def two() -> None:
+            async with anyio.create_task_group() as tg:
+                for _ in range(2):
+                    tg.start_soon(functools.partial(fastjob.run_process, ["sleep", "0.05"], client=s.client))
+
+        with anyio.fail_after(30):
+            async with fastjob.JobGroup(s.client) as g:
+                await g.spawn(two)
+        assert s.available() == 1

@@ -165,26 +165,48 @@ class PoolCore:
         self.implicit: list[int] = []
         self.waiters: Any = ()
         self.slow: Any = None
+        self.lock: Any = None
+        self.owns_implicit = False
 
-    def bind(self, client: Any, implicit: list[int], waiters: Any, slow: Any, gen: int) -> None:
+    def bind(
+        self,
+        client: Any,
+        implicit: list[int],
+        waiters: Any,
+        slow: Any,
+        gen: int,
+        lock: Any,
+        owns_implicit: bool,
+    ) -> None:
         """Attach the client state the fast path must respect."""
         self.client = client
         self.implicit = implicit
         self.waiters = waiters
         self.slow = slow
         self.gen = gen
+        self.lock = lock
+        self.owns_implicit = owns_implicit
 
     def try_acquire(self) -> Any:
         """Client.try_acquire, fast path (see Client.try_acquire)."""
-        if self.closed or self.implicit or self.waiters:
+        if self.closed or self.waiters:
             return self.slow()
-        tok = self.take(self.client, self.gen)
-        if tok is None:
+        if self.implicit:
+            try:
+                self.implicit.pop()  # atomic: the implicit token goes out once
+            except IndexError:
+                return self.slow()
+            implicit = Token(self.client, -1, self.gen)
+            implicit._core = self
+            self.acquired += 1
+            return implicit
+        got = self.take(self.client, self.gen)
+        if got is None:
             return None
-        if type(tok) is int:
+        if isinstance(got, int):
             return self.slow()  # EOF: the slow path raises the proper error
         self.acquired += 1
-        return tok
+        return got
 
     def take(self, client: Any, gen: int) -> Token | int | None:
         """A Token for a byte read now, None if the pool is empty, EOF (an
@@ -200,7 +222,20 @@ class PoolCore:
         return tok
 
     def give(self, tok: Token) -> None:
-        """Release a pool token: write its byte back, once."""
+        """Release a token: a pool token's byte is written back, once; the
+        implicit token goes back to its slot (or, when tasks wait, through
+        the client's slow path, which hands it on)."""
+        if tok._byte < 0:
+            with self.lock:
+                if tok._client is None:
+                    return
+                if not (self.waiters or self.closed or tok._gen != self.gen):
+                    tok._client = None
+                    if self.owns_implicit:
+                        self.implicit.append(1)
+                    return
+            self.client._release(tok)
+            return
         b = self.held.pop(id(tok), None)
         tok._client = None
         if b is None:

@@ -61,9 +61,10 @@ class _LoopState:
 
 
 class _Waiter:
-    __slots__ = ("token", "error", "event", "state", "thread", "call", "wake_fd", "tevent")
+    __slots__ = ("token", "error", "event", "state", "thread", "call", "wake_fd", "tevent", "gone")
 
     def __init__(self) -> None:
+        self.gone = False  # unlinked from the queues (lazily dropped)
         self.token: Token | None = None
         self.error: BaseException | None = None
         self.event: anyio.Event | None = None
@@ -121,6 +122,7 @@ class Client:
         self._source = source
         self._held: dict[int, int] = {}
         self._waiters: deque[_Waiter] = deque()
+        self._nwaiting = 0
         self._loops: dict[object, _LoopState] = {}
         self._acquired = 0
         self._closed = False
@@ -143,7 +145,15 @@ class Client:
                 self._held,
                 self._on_write_error,
             )
-            self._core.bind(self, self._implicit, self._waiters, self._try_acquire_slow, self._gen)
+            self._core.bind(
+                self,
+                self._implicit,
+                self._waiters,
+                self._try_acquire_slow,
+                self._gen,
+                self._lock,
+                self._owns_implicit,
+            )
             self.try_acquire = self._core.try_acquire  # type: ignore[method-assign]
         if transport.strategy == "thread":
             self._reader = _Reader(self)
@@ -374,7 +384,7 @@ class Client:
             st.scope = None
             # Hand the lead on, also when we leave by cancellation or error
             # (we are still queued then: skip ourselves).
-            nxt = next((x for x in st.queue if x is not w), None)
+            nxt = next((x for x in st.queue if x is not w and not x.gone), None)
             if nxt is not None:
                 nxt.wake_in_loop()
 
@@ -392,29 +402,27 @@ class Client:
                     self._acquired += 1
                     return Token(self, -1, self._gen)
             self._waiters.append(w)
+            self._nwaiting += 1
             if w.state is not None:
                 w.state.queue.append(w)
         return None
 
     def _unlink(self, w: _Waiter) -> None:
+        """Remove w from the queues in O(1): it is marked gone and dropped
+        when it reaches the head, so the head of a queue is always live (and
+        a non-empty queue means someone waits)."""
+        if w.gone:
+            return
+        w.gone = True
+        self._nwaiting -= 1
         q = self._waiters
-        if q and q[0] is w:
+        while q and q[0].gone:
             q.popleft()
-        else:
-            try:
-                q.remove(w)
-            except ValueError:
-                pass
         st = w.state
         if st is not None:
             sq = st.queue
-            if sq and sq[0] is w:
+            while sq and sq[0].gone:
                 sq.popleft()
-            else:
-                try:
-                    sq.remove(w)
-                except ValueError:
-                    pass
 
     def _take_for(self, w: _Waiter, tok: Token) -> None:
         """tok was read for w; if w got a token meanwhile, pass tok on."""
@@ -480,7 +488,7 @@ class Client:
 
     def _fail_waiters(self, error: BaseException) -> None:
         with self._lock:
-            waiters = list(self._waiters)
+            waiters = [w for w in self._waiters if not w.gone]
             for w in waiters:
                 w.error = error
                 self._unlink(w)
@@ -525,7 +533,7 @@ class Client:
             return ClientStatistics(
                 tokens_held=len(self._held) + int(implicit_held),
                 implicit_held=implicit_held,
-                tasks_waiting=len(self._waiters),
+                tasks_waiting=self._nwaiting,
                 tokens_acquired=self._acquired + (self._core.acquired if self._core else 0),
                 wait_strategy=self._t.strategy,
             )
@@ -556,8 +564,9 @@ class Client:
                 self._core.closed = True
             held = list(self._held.values())
             self._held.clear()
-            waiters = list(self._waiters)
-            self._waiters.clear()
+            waiters = [w for w in self._waiters if not w.gone]
+            for w in waiters:
+                self._unlink(w)
             self._implicit.clear()
         error = self._closed_error()
         for w in waiters:
@@ -596,13 +605,16 @@ class Client:
         # tokens nor the parent's implicit token.
         self._lock = threading.Lock()
         self._gen = _fork_generation
-        if self._core is not None:
-            self._core.gen = self._gen
+        self._owns_implicit = False
         self._held.clear()
         self._waiters.clear()
+        self._nwaiting = 0
         self._loops.clear()
         self._implicit.clear()
-        self._owns_implicit = False
+        if self._core is not None:
+            self._core.bind(
+                self, self._implicit, self._waiters, self._try_acquire_slow, self._gen, self._lock, False
+            )
         if self._reader is not None:
             self._reader = _Reader(self)
 

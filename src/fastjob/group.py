@@ -11,6 +11,7 @@ from anyio.abc import TaskGroup
 
 from ._discovery import connect
 from .client import Client
+from ._slot import TaskSlot, current_slot
 from ._token import Token
 
 __all__ = ["JobGroup"]
@@ -76,6 +77,8 @@ class JobGroup:
             raise
 
     async def _run(self, tok: Token, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        # run_process/open_process in this task use this token for the child
+        current_slot.set(TaskSlot(self.client, tok))
         try:
             await fn(*args)
         finally:

@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import Process
 
 from ._discovery import connect
+from ._slot import child_slot
 from ._makeflags import JOBSERVER_VARIABLES, strip_jobserver
 from .client import Client
 
@@ -58,11 +59,12 @@ async def run_process(
     """Run ``command`` holding one token for its lifetime; like
     :func:`anyio.run_process` (same keyword arguments), returns
     CompletedProcess.  ``client=None`` means :func:`fastjob.connect`.
+    Inside a :class:`JobGroup` task the child uses that task's token.
     """
     client = connect() if client is None else client
     env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))
     _merge_fds(kwargs, fds)
-    async with client.token():
+    async with child_slot(client):
         return await anyio.run_process(command, check=check, env=env, **kwargs)
 
 
@@ -80,7 +82,7 @@ async def open_process(
     client = connect() if client is None else client
     env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))
     _merge_fds(kwargs, fds)
-    async with client.token():
+    async with child_slot(client):
         process = await anyio.open_process(command, env=env, **kwargs)
         try:
             yield process
