@@ -100,6 +100,35 @@ class _Waiter:
             st.scope.cancel()
 
 
+class _WakePipe:
+    """A thread's own pipe for waking it from acquire_blocking (one per
+    thread, reused: no pipe()/close() per wait)."""
+
+    __slots__ = ("r", "w")
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+
+    def __del__(self) -> None:
+        for fd in (self.r, self.w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_thread_state = threading.local()
+
+
+def _thread_wake_pipe() -> _WakePipe:
+    pipe: _WakePipe | None = getattr(_thread_state, "pipe", None)
+    if pipe is None:
+        pipe = _thread_state.pipe = _WakePipe()
+    return pipe
+
+
 class Client:
     """A member of a jobserver pool.  Get one from :func:`fastjob.from_env`,
     :func:`fastjob.connect` or ``Server.client``.
@@ -219,28 +248,23 @@ class Client:
             return tok
         deadline = None if timeout is None else time.monotonic() + timeout
         w = _Waiter()
+        wake_r = -1
         if self._reader is not None:
             w.tevent = threading.Event()
         else:
-            wake_r, w.wake_fd = os.pipe()
-            os.set_blocking(wake_r, False)
-            os.set_blocking(w.wake_fd, False)
+            pipe = _thread_wake_pipe()
+            wake_r, w.wake_fd = pipe.r, pipe.w
+            _io.drain(wake_r, 64)  # a late wake meant for an earlier wait
+        tok = self._register(w)
+        if tok is not None:
+            return tok
         try:
-            tok = self._register(w)
-            if tok is not None:
-                return tok
-            try:
-                if self._reader is not None:
-                    return self._wait_thread(w, deadline)
-                return self._wait_poll(w, wake_r, deadline)
-            except BaseException:
-                self._abandon(w)
-                raise
-        finally:
-            if w.wake_fd >= 0:
-                os.close(wake_r)
-                os.close(w.wake_fd)
-                w.wake_fd = -1
+            if self._reader is not None:
+                return self._wait_thread(w, deadline)
+            return self._wait_poll(w, wake_r, deadline)
+        except BaseException:
+            self._abandon(w)
+            raise
 
     def _wait_thread(self, w: _Waiter, deadline: float | None) -> Token:
         assert self._reader is not None and w.tevent is not None
@@ -750,6 +774,8 @@ class _Reader:
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
+    # the parent's threads still use their wake pipes: never share them
+    _thread_state.pipe = None
     for c in list(_live_clients):
         c._after_fork()
 
