@@ -221,7 +221,7 @@ def test_make43_server_with_client_in_recursive_recipe(tmp_path: Path) -> None:
         "c = fastjob.from_env()\n"
         "print('client', c is not None and c.style)\n"
         "if c:\n"
-        "    t = [c.acquire_blocking(timeout=10) for _ in range(3)]\n"
+        "    t = [c.acquire_blocking(timeout=60) for _ in range(3)]\n"
         "    print('got', len(t)); [x.release() for x in t]\n"
     )
     (tmp_path / "Makefile").write_text(
