@@ -141,7 +141,7 @@ def render(res: dict[str, Any]) -> str:
         if not ok_n:
             whys.append(
                 "- **Sync pool cycle slower than the raw pair.** Both make the same two syscalls; fastjob adds "
-                "the bookkeeping that makes a token safe (a Token object, the held-token table under a lock so "
+                "the bookkeeping that makes a token safe (a Token object, the held-token table so "
                 "close() and atexit can return leaked tokens, fork generation checks). "
                 f"That is {fmt_ns(pn - raw)} per cycle here on top of {fmt_ns(raw)} of raw I/O."
             )
