@@ -44,12 +44,9 @@ def _jobgroup_worker(jobs: int, cmdfile: str) -> None:
     async def main() -> None:
         with fastjob.Server(jobs=jobs) as server:
             client = server.client
-            # The JobGroup's token is the job's token; the child gets the pool
-            # (env + fds) as fastjob.run_process would give it.  Nesting
-            # fastjob.run_process here would take a second token per job and
-            # can deadlock once every slot is held by a waiting job.
-            env, fds = client.env(), client.pass_fds
-            run = functools.partial(anyio.run_process, env=env, pass_fds=fds)
+            # Inside a JobGroup task, fastjob.run_process uses the task's token
+            # for the child (and hands the child the pool).
+            run = functools.partial(fastjob.run_process, client=client)
             async with fastjob.JobGroup(client) as group:
                 for argv in commands:
                     await group.spawn(run, argv)
@@ -66,7 +63,7 @@ def _contenders(cli: bool) -> dict[str, Argv]:
     out: dict[str, Argv] = {
         "make -jN": lambda n, cmds, mk, prog: ["make", f"-j{n}", "-s", "-f", str(mk)],
         "xargs -P N": lambda n, cmds, mk, prog: ["xargs", "-P", str(n), "-n", "1", prog],
-        "JobGroup + anyio.run_process": lambda n, cmds, mk, prog: [
+        "JobGroup + run_process": lambda n, cmds, mk, prog: [
             PY, str(HERE / "bench_makespan.py"), "--worker", str(n), str(cmds)
         ],
     }  # fmt: skip

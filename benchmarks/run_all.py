@@ -293,7 +293,7 @@ def render(res: dict[str, Any]) -> str:
                 second = sorted(cands.values())[1] if len(cands) > 1 else cands[win]
                 lines.append(f"- {key.replace('/', ' at -j')}: {win} wins ({second / cands[win]:.2f}x ahead of the next).")
         md.append("\n".join(lines) + "\n")
-        for name in ("fastjob parallel", "JobGroup + anyio.run_process"):
+        for name in ("fastjob parallel", "JobGroup + run_process"):
             for kind in ("sleep 0.01", "burn 10 ms CPU"):
                 f, mk = s.get(f"{kind}/4/{name}"), s.get(f"{kind}/4/make -jN")
                 if f and mk:
