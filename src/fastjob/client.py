@@ -201,8 +201,11 @@ class Client:
     # -- sync API -----------------------------------------------------------
     def try_acquire(self) -> Token | None:
         """A token if one is free right now (implicit first), else None.
-        Never blocks.  Returns None while other tasks or threads of this
-        process are queued for a token: they are served first."""
+        Never waits for a token to be released.  Returns None while other
+        tasks or threads of this process are queued: they are served first.
+        (Under the "thread" strategy on a blocking shared pipe, the macOS
+        case, it may wait up to 50 ms for the reader thread to fetch a token
+        that FIONREAD shows is there.)"""
         # Pipe pools replace this method per instance by PoolCore.try_acquire
         # (native): the same logic with the read in C.
         return self._try_acquire_slow()
