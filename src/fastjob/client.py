@@ -215,17 +215,23 @@ class Client:
             raise self._t.closed_error() from None
         raise exc
 
+    def _take_implicit(self) -> Token | None:
+        """The implicit token if it is free and nobody queues before us."""
+        if self._implicit and not self._waiters:
+            try:
+                self._implicit.pop()  # atomic: only one caller gets it
+            except IndexError:
+                return None  # another thread took it just now
+            self._acquired += 1
+            return Token(self, -1, self._gen)
+        return None
+
     def _try_acquire_slow(self) -> Token | None:
         if self._closed:
             raise self._closed_error()
-        if self._implicit and not self._waiters:
-            try:
-                self._implicit.pop()
-            except IndexError:
-                pass  # another thread took it just now
-            else:
-                self._acquired += 1
-                return Token(self, -1, self._gen)
+        tok = self._take_implicit()
+        if tok is not None:
+            return tok
         if self._waiters:
             return None  # first come, first served: queued waiters go first
         if self._slow_read:
@@ -420,14 +426,9 @@ class Client:
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            if self._implicit and not self._waiters:
-                try:
-                    self._implicit.pop()
-                except IndexError:
-                    pass
-                else:
-                    self._acquired += 1
-                    return Token(self, -1, self._gen)
+            tok = self._take_implicit()
+            if tok is not None:
+                return tok
             self._waiters.append(w)
             self._nwaiting += 1
             if w.state is not None:
