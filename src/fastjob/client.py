@@ -255,6 +255,8 @@ class Client:
         tok = self.try_acquire()
         if tok is not None:
             return tok
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("no jobserver token is free now (timeout=0)")
         deadline = None if timeout is None else time.monotonic() + timeout
         w = _Waiter()
         wake_r = -1
