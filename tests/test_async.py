@@ -381,3 +381,20 @@ async def test_run_process_in_jobgroup_uses_the_task_token(anyio_backend: str) -
             async with fastjob.JobGroup(s.client) as g:
                 await g.spawn(two)
         assert s.available() == 1
+
+
+async def test_run_process_in_group_defaults_to_the_group_client(anyio_backend: str) -> None:
+    with fastjob.Server(2) as s:
+        code = "import os; print(os.environ['MAKEFLAGS'])"
+        outs: list[str] = []
+
+        async def job() -> None:
+            res = await fastjob.run_process([sys.executable, "-c", code])  # client=None
+            outs.append(res.stdout.decode())
+
+        with anyio.fail_after(30):
+            async with fastjob.JobGroup(s.client) as g:
+                for _ in range(3):
+                    await g.spawn(job)
+        assert all(s.env()["MAKEFLAGS"].strip() == o.strip() for o in outs)
+        assert s.available() == 1 and s.client.statistics().tokens_held == 0

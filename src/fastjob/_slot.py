@@ -43,3 +43,13 @@ async def child_slot(client: Client) -> AsyncIterator[None]:
         return
     async with client.token():
         yield
+
+
+def default_client() -> Client:
+    """``client=None``: the enclosing JobGroup task's client, else connect()."""
+    slot = current_slot.get()
+    if slot is not None:
+        return slot.client
+    from ._discovery import connect
+
+    return connect()

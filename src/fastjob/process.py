@@ -16,8 +16,7 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from ._discovery import connect
-from ._slot import child_slot
+from ._slot import child_slot, default_client
 from ._makeflags import JOBSERVER_VARIABLES, strip_jobserver
 from .client import Client
 
@@ -58,10 +57,11 @@ async def run_process(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``command`` holding one token for its lifetime; like
     :func:`anyio.run_process` (same keyword arguments), returns
-    CompletedProcess.  ``client=None`` means :func:`fastjob.connect`.
-    Inside a :class:`JobGroup` task the child uses that task's token.
+    CompletedProcess.  ``client=None`` means the enclosing JobGroup's client,
+    else :func:`fastjob.connect`.  Inside a :class:`JobGroup` task the child
+    uses that task's token (no second token).
     """
-    client = connect() if client is None else client
+    client = default_client() if client is None else client
     env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))
     _merge_fds(kwargs, fds)
     async with child_slot(client):
@@ -79,7 +79,7 @@ async def open_process(
     """``async with open_process(cmd) as proc:`` a running child holding one
     token; on exit the child is waited for (killed if the block is cancelled
     or raises) and the token released."""
-    client = connect() if client is None else client
+    client = default_client() if client is None else client
     env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))
     _merge_fds(kwargs, fds)
     async with child_slot(client):
