@@ -70,3 +70,37 @@ def gnumake44() -> str | None:
 def ninja() -> str | None:
     cand = Path(sys.executable).parent / "ninja"
     return str(cand) if cand.exists() else shutil.which("ninja")
+
+
+# -- the console script, for the CLI tests ---------------------------------------
+_SCRIPT = Path(sys.executable).parent / "fastjob"
+FASTJOB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "fastjob"]
+FJ = " ".join(FASTJOB)
+TIMEOUT = 30
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """os.environ without any jobserver variable, plus extra."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")
+    }
+    env.update(extra)
+    return env
+
+
+def read_pty(master: int, quiet: float) -> bytes:
+    """Everything the pty has to say until it is quiet for ``quiet`` s."""
+    import select
+
+    seen = b""
+    while select.select([master], [], [], quiet)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen

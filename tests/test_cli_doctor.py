@@ -9,32 +9,17 @@ import os
 import select
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FASTJOB, FJ, TIMEOUT, clean_env, debian_make, gnumake44
 
 import fastjob
-from conftest import debian_make, gnumake44
-
-_SCRIPT = Path(sys.executable).parent / "fastjob"
-FASTJOB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "fastjob"]
-FJ = " ".join(FASTJOB)
-TIMEOUT = 30
 
 needs_make43 = pytest.mark.skipif(debian_make() is None, reason="needs GNU make 4.3")
 needs_make44 = pytest.mark.skipif(gnumake44() is None, reason="needs GNU make 4.4")
 
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")
-    }
-    env.update(extra)
-    return env
 
 
 def doctor(env: dict[str, str], *args: str, pass_fds: tuple[int, ...] = ()) -> tuple[int, dict[str, Any]]:

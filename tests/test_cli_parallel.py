@@ -11,26 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FASTJOB, FJ, TIMEOUT, clean_env, debian_make, read_pty
 
 import fastjob
-from conftest import debian_make
 
-_SCRIPT = Path(sys.executable).parent / "fastjob"
-FASTJOB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "fastjob"]
-FJ = " ".join(FASTJOB)
-TIMEOUT = 30
 # A job that logs when it starts and ends (ns clock), to measure concurrency.
 SPAN = "echo S $(date +%s%N); sleep 0.2; echo E $(date +%s%N)"
 
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")
-    }
-    env.update(extra)
-    return env
 
 
 def parallel(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -198,15 +185,7 @@ def test_progress_on_a_terminal() -> None:
             os.close(slave)
             slave = -1
             assert p.wait(TIMEOUT) == 0
-            seen = b""
-            while select.select([master], [], [], 0.5)[0]:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
+            seen = read_pty(master, 0.5)
     finally:
         os.close(master)
         if slave >= 0:

@@ -11,24 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FASTJOB, TIMEOUT, clean_env, debian_make, read_pty
 
-from conftest import debian_make
-
-_SCRIPT = Path(sys.executable).parent / "fastjob"
-FASTJOB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "fastjob"]
 PY = sys.executable
-TIMEOUT = 30
 
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """os.environ without any jobserver (the suite may itself run under make)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")
-    }
-    env.update(extra)
-    return env
 
 
 def fastjob(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -265,15 +251,7 @@ def test_command_reading_the_terminal_is_given_it() -> None:
                             pass
                     p.kill()
                     p.wait(TIMEOUT)
-            seen = b""
-            while select.select([master], [], [], 0.2)[0]:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
+            seen = read_pty(master, 0.2)
     finally:
         os.close(master)
         if slave >= 0:

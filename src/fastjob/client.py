@@ -24,7 +24,7 @@ from typing import Any, Callable
 import anyio
 
 from . import _backend, _io
-from ._errors import JobserverClosedError, JobserverError, TokenLeakWarning
+from ._errors import JobserverError, TokenLeakWarning
 from ._makeflags import jobserver_env
 from ._io import Token
 from ._transport import PipeTransport, Transport
