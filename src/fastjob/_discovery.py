@@ -95,28 +95,20 @@ def from_env(
 
 
 _connect_lock = threading.Lock()
-_connected: dict[int | None, Client] = {}
-_private_servers: list[Server] = []
+_inherited: Client | None = None
+_private: dict[int | None, Server] = {}
 
 
 def connect(jobs: int | None = None) -> Client:
     """The inherited jobserver if there is one, else a private Server of
     ``jobs`` (default os.cpu_count()) slots; cached per process."""
+    global _inherited
     with _connect_lock:
-        key = None if jobs is None else jobs
-        c = _connected.get(key)
-        if c is not None and not c.closed:
-            return c
-        inherited = _connected.get(-1)
-        if inherited is None or inherited.closed:
-            inherited = from_env()
-            if inherited is not None:
-                _connected[-1] = inherited
-        if inherited is not None and jobs is None:
-            return inherited
-        if inherited is not None:
-            return inherited
-        server = Server(jobs)
-        _private_servers.append(server)
-        _connected[key] = server.client
+        if _inherited is None or _inherited.closed:
+            _inherited = from_env()
+        if _inherited is not None:
+            return _inherited
+        server = _private.get(jobs)
+        if server is None or server.client.closed:
+            server = _private[jobs] = Server(jobs)
         return server.client

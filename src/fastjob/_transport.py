@@ -8,6 +8,7 @@ did not open, and never closes fds it inherited.
 from __future__ import annotations
 
 import errno
+from abc import ABC, abstractmethod
 import os
 import stat
 import sys
@@ -47,7 +48,7 @@ def forced_strategy() -> str | None:
     return value
 
 
-class Transport:
+class Transport(ABC):
     """Token I/O on one pool.  Subclasses set style, strategy and the fds."""
 
     style: str = ""
@@ -59,9 +60,9 @@ class Transport:
     #: seconds between owner-liveness checks while waiting; None: never
     liveness_interval: float | None = None
 
+    @abstractmethod
     def try_read(self) -> int:
         """A token byte, or AGAIN.  JobserverClosedError at EOF."""
-        raise NotImplementedError
 
     def read_blocking(self) -> int:
         """A token byte or AGAIN; may block (reader thread only)."""
@@ -70,8 +71,9 @@ class Transport:
             raise self.closed_error()
         return r
 
+    @abstractmethod
     def write(self, byte: int) -> None:
-        raise NotImplementedError
+        """Put one token byte back into the pool."""
 
     def available(self) -> int | None:
         try:
@@ -82,9 +84,9 @@ class Transport:
     def check_alive(self) -> None:
         """Raise JobserverClosedError when the pool's owner is gone."""
 
+    @abstractmethod
     def auth(self) -> JobserverAuth:
         """How a child names this pool."""
-        raise NotImplementedError
 
     @property
     def pass_fds(self) -> tuple[int, ...]:
