@@ -20,7 +20,7 @@ SLACK = float(os.environ.get("FASTJOB_TRACE_SLACK", "0.1"))
 
 import fastjob
 from fastjob._trace_report import find_chromium, screenshot
-from fastjob._trace_summary import summarize
+from fastjob._trace_summary import Series, summarize
 from fastjob.trace import Recorder, TraceSummary
 
 from conftest import debian_make, gnumake44
@@ -193,8 +193,9 @@ def test_chrome_trace_json_is_valid(tmp_path: Path) -> None:
 # -- the summary -------------------------------------------------------------------------------
 def test_summary_arithmetic() -> None:
     # 4 slots: 1 in use for 1 s, then 4 for 1 s; CPU 20%, 60%, 95%, 50% per half second.
-    s = summarize(jobs=4, t_start=0.0, t_end=2.0, occ_t=[0.0, 1.0], occ_v=[1, 4],
-                  cpu_start=0.0, cpu_t=[0.5, 1.0, 1.5, 2.0], cpu_v=[0.2, 0.6, 0.95, 0.5],
+    series = Series(occ_t=[0.0, 1.0], occ_v=[1, 4],
+                    cpu_start=0.0, cpu_t=[0.5, 1.0, 1.5, 2.0], cpu_v=[0.2, 0.6, 0.95, 0.5])
+    s = summarize(jobs=4, t_start=0.0, t_end=2.0, series=series,
                   cpu_count=2, samples=10, sampler_cpu_seconds=0.001, spans=0)
     assert s.wall_time == 2.0 and s.peak_in_use == 4
     assert s.mean_in_use == pytest.approx(2.5)

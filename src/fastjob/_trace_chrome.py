@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._trace_summary import Series
+
 __all__ = ["SpanRecord", "chrome_trace"]
 
 PID = 1
@@ -39,15 +41,13 @@ def chrome_trace(
     t0: float,
     t_end: float,
     unix_t0: float,
-    occ_t: Sequence[float],
-    occ_v: Sequence[int],
-    cpu_start: float | None,
-    cpu_t: Sequence[float],
-    cpu_v: Sequence[float],
+    series: Series,
     spans: Sequence[SpanRecord],
     other: dict[str, Any],
 ) -> dict[str, Any]:
     """The trace as a JSON-ready dict (object form, events sorted by ts)."""
+    occ_t, occ_v, cpu_start = series.occ_t, series.occ_v, series.cpu_start
+    cpu_t, cpu_v = series.cpu_t, series.cpu_v
     meta: list[dict[str, Any]] = [
         {"name": "process_name", "ph": "M", "ts": 0, "pid": PID, "tid": POOL_TID,
          "args": {"name": f"fastjob pool -j{jobs}"}},

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._trace_chrome import SpanRecord
-from ._trace_summary import HEADROOM_CPU, SATURATED_CPU, TraceSummary, segments
+from ._trace_summary import HEADROOM_CPU, SATURATED_CPU, Series, TraceSummary, segments
 
 __all__ = ["find_chromium", "render_report", "screenshot"]
 
@@ -97,14 +97,11 @@ def render_report(
     unix_t0: float,
     t0: float,
     t_end: float,
-    occ_t: Sequence[float],
-    occ_v: Sequence[int],
-    cpu_start: float | None,
-    cpu_t: Sequence[float],
-    cpu_v: Sequence[float],
+    series: Series,
     spans: Sequence[SpanRecord],
 ) -> str:
     """The whole HTML page as a string."""
+    cpu_start, cpu_t, cpu_v = series.cpu_start, series.cpu_t, series.cpu_v
     dur = max(t_end - t0, 1e-6)
     jobs = summary.jobs
     top = 20
@@ -122,7 +119,7 @@ def render_report(
     svg: list[str] = []
     # Background bands: headroom and saturation along the time axis.
     band_y = top + CHART_H + 6
-    segs = list(segments(t0, t_end, occ_t, occ_v, cpu_start, cpu_t, cpu_v))
+    segs = list(segments(t0, t_end, series))
     runs: list[list[Any]] = []  # [start, end, color], adjacent equal colours merged
     for a, b, v, cpu in segs:
         color = None

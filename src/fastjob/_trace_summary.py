@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["HEADROOM_CPU", "SATURATED_CPU", "TraceSummary", "segments", "summarize"]
+__all__ = ["HEADROOM_CPU", "SATURATED_CPU", "Series", "TraceSummary", "segments", "summarize"]
 
 HEADROOM_CPU = 0.5  # "CPU below 50% busy"
 SATURATED_CPU = 0.9  # "CPU saturated": at least 90% busy
@@ -60,17 +60,26 @@ class TraceSummary:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Series:
+    """The sampled step functions: occupancy change points (``occ_t``,
+    ``occ_v``) and CPU intervals (``cpu_v[i]`` covers (``cpu_t[i-1]``,
+    ``cpu_t[i]``], the first starting at ``cpu_start``; None: CPU not sampled)."""
+
+    occ_t: Sequence[float]
+    occ_v: Sequence[int]
+    cpu_start: float | None
+    cpu_t: Sequence[float]
+    cpu_v: Sequence[float]
+
+
 def segments(
-    t_start: float,
-    t_end: float,
-    occ_t: Sequence[float],
-    occ_v: Sequence[int],
-    cpu_start: float | None,
-    cpu_t: Sequence[float],
-    cpu_v: Sequence[float],
+    t_start: float, t_end: float, series: Series
 ) -> Iterator[tuple[float, float, int, float | None]]:
     """Elementary intervals (a, b, slots_in_use, cpu_busy_or_None) covering
     [t_start, t_end] where both step functions are constant."""
+    occ_t, occ_v, cpu_start = series.occ_t, series.occ_v, series.cpu_start
+    cpu_t, cpu_v = series.cpu_t, series.cpu_v
     cuts = {t_start, t_end}
     cuts.update(t for t in occ_t if t_start < t < t_end)
     if cpu_start is not None:
@@ -96,11 +105,7 @@ def summarize(
     jobs: int,
     t_start: float,
     t_end: float,
-    occ_t: Sequence[float],
-    occ_v: Sequence[int],
-    cpu_start: float | None,
-    cpu_t: Sequence[float],
-    cpu_v: Sequence[float],
+    series: Series,
     cpu_count: int | None,
     samples: int,
     sampler_cpu_seconds: float,
@@ -108,9 +113,10 @@ def summarize(
     notes: Sequence[str] = (),
 ) -> TraceSummary:
     """Compute a :class:`TraceSummary` from the sampled step functions."""
+    occ_t, occ_v, cpu_start, cpu_t = series.occ_t, series.occ_v, series.cpu_start, series.cpu_t
     wall = max(0.0, t_end - t_start)
     area = idle = head = sat = cpu_area = cpu_known = 0.0
-    for a, b, v, cpu in segments(t_start, t_end, occ_t, occ_v, cpu_start, cpu_t, cpu_v):
+    for a, b, v, cpu in segments(t_start, t_end, series):
         d = b - a
         area += v * d
         free = v < jobs

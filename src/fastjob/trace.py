@@ -33,7 +33,7 @@ from . import _version
 from ._trace_chrome import SpanRecord, chrome_trace
 from ._trace_report import render_report
 from ._trace_sampler import CpuReader, Sampler, open_cpu_reader
-from ._trace_summary import HEADROOM_CPU, SATURATED_CPU, TraceSummary, summarize
+from ._trace_summary import HEADROOM_CPU, SATURATED_CPU, Series, TraceSummary, summarize
 from .client import Client
 from .server import Server
 
@@ -271,12 +271,16 @@ class Recorder:
                 out.append(SpanRecord(s.name, a, b, s.lane, s.args))
         return sorted(out, key=lambda s: (s.start, s.lane))
 
+    def _series(self) -> Series:
+        s = self._finished()
+        cpu_start = s.cpu_start if self._cpu is not None else None
+        return Series(s.occ_t, s.occ_v, cpu_start, s.cpu_t, s.cpu_v)
+
     def _compute_summary(self) -> TraceSummary:
         s = self._finished()
         return summarize(
-            jobs=self.jobs, t_start=self._t0, t_end=self._t_end, occ_t=s.occ_t, occ_v=s.occ_v,
-            cpu_start=s.cpu_start if self._cpu is not None else None, cpu_t=s.cpu_t,
-            cpu_v=s.cpu_v, cpu_count=os.cpu_count(), samples=s.samples,
+            jobs=self.jobs, t_start=self._t0, t_end=self._t_end, series=self._series(),
+            cpu_count=os.cpu_count(), samples=s.samples,
             sampler_cpu_seconds=s.thread_cpu, spans=len(self._spans_clipped()), notes=self._notes,
         )
 
@@ -322,14 +326,13 @@ class Recorder:
 
     def chrome_trace(self) -> dict[str, Any]:
         """The trace in Chrome Trace Event Format (a JSON-ready dict)."""
-        s = self._finished()
+        self._finished()
         other: dict[str, Any] = {"fastjob_version": _version.__version__,
                                  "command": self.command, "cpu_count": os.cpu_count(),
                                  "summary": _summary_dict(self.summary())}
         return chrome_trace(
             jobs=self.jobs, t0=self._t0, t_end=self._t_end, unix_t0=self._unix_t0,
-            occ_t=s.occ_t, occ_v=s.occ_v, cpu_start=s.cpu_start if self._cpu is not None else None,
-            cpu_t=s.cpu_t, cpu_v=s.cpu_v, spans=self._spans_clipped(), other=other,
+            series=self._series(), spans=self._spans_clipped(), other=other,
         )
 
     def write_trace(self, path: str | os.PathLike[str]) -> None:
@@ -339,12 +342,10 @@ class Recorder:
 
     def report_html(self, title: str | None = None) -> str:
         """The self-contained HTML report as a string."""
-        s = self._finished()
         return render_report(
             summary=self.summary(), title=title or f"fastjob trace: pool of {self.jobs}",
             command=self.command, unix_t0=self._unix_t0, t0=self._t0, t_end=self._t_end,
-            occ_t=s.occ_t, occ_v=s.occ_v, cpu_start=s.cpu_start if self._cpu is not None else None,
-            cpu_t=s.cpu_t, cpu_v=s.cpu_v, spans=self._spans_clipped(),
+            series=self._series(), spans=self._spans_clipped(),
         )
 
     def write_report(self, path: str | os.PathLike[str], title: str | None = None) -> None:
