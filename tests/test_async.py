@@ -398,3 +398,30 @@ async def test_run_process_in_group_defaults_to_the_group_client(anyio_backend: 
                     await g.spawn(job)
         assert all(s.env()["MAKEFLAGS"].strip() == o.strip() for o in outs)
         assert s.available() == 1 and s.client.statistics().tokens_held == 0
+
+
+def test_works_without_sniffio_or_trio_installed() -> None:
+    # anyio alone is the runtime dependency: a plain `pip install fastjob`
+    # has neither trio nor sniffio
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["sniffio"] = None  # import fails, as if not installed
+        sys.modules["trio"] = None
+        import anyio, fastjob
+
+        async def main():
+            with fastjob.Server(2) as s:
+                async with s.client.token(), s.client.token():
+                    pass
+                async with fastjob.JobGroup(s.client) as g:
+                    for _ in range(4):
+                        await g.spawn(anyio.sleep, 0.001)
+                print(s.available())
+
+        anyio.run(main)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "1"

@@ -4,14 +4,15 @@ how to call into it from another thread, and trio's checkpoint."""
 from __future__ import annotations
 
 import threading
+from asyncio import _get_running_loop
 from typing import Any, Callable
-
-import sniffio
 
 
 def is_trio() -> bool:
-    """True inside a trio task (trio sets sniffio's thread-local name)."""
-    return sniffio.thread_local.name == "trio"
+    """True inside a trio task.  Called only from async code, which runs on
+    asyncio (a running loop in this thread) or on trio; the check is one C
+    call, and needs neither sniffio nor trio installed."""
+    return _get_running_loop() is None
 
 
 def loop_handle() -> tuple[object, Callable[[Callable[[], Any]], Any], int]:
