@@ -127,7 +127,7 @@ case $REPAIRED in *manylinux*) ;; *) echo "not a manylinux wheel: $REPAIRED" >&2
 import re, sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 need = [r"_fastjob\.cpython-[^/]+\.so", r"_fastjob\.pyi", r"fastjob/py\.typed",
-        r"fastjob/__init__\.py", r"fastjob/_sem\.py", r"fastjob-[^/]+\.dist-info/licenses/LICENSE"]
+        r"fastjob/__init__\.py", r"fastjob/_core/sem\.py", r"fastjob-[^/]+\.dist-info/licenses/LICENSE"]
 for pattern in need:
     assert any(re.fullmatch(pattern, n) for n in names), f"wheel lacks {pattern}"
 assert not any(n.endswith((".pyx", ".c", ".h")) for n in names), "sources in the wheel"

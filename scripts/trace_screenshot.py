@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import fastjob
-from fastjob._trace_report import screenshot
+from fastjob.trace.report import screenshot
 from fastjob.trace import Recorder
 
 LEAVES = ["parse", "check", "lower", "emit"]

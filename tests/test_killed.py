@@ -27,7 +27,7 @@ import anyio
 import pytest
 
 import fastjob
-from fastjob._transport import FIFO_LIVENESS_INTERVAL
+from fastjob._core.transport import FIFO_LIVENESS_INTERVAL
 
 WORKER = str(Path(__file__).parent / "stress" / "worker.py")
 STYLES = ["pipe", "fifo"]

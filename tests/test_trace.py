@@ -19,8 +19,8 @@ import pytest
 SLACK = float(os.environ.get("FASTJOB_TRACE_SLACK", "0.1"))
 
 import fastjob
-from fastjob._trace_report import find_chromium, screenshot
-from fastjob._trace_summary import Series, summarize
+from fastjob.trace.report import find_chromium, screenshot
+from fastjob.trace.summary import Series, summarize
 from fastjob.trace import Recorder, TraceSummary
 
 from conftest import debian_make, gnumake44

@@ -2,7 +2,7 @@
 
 - The C side (src/fastjob_io_win.h) is compiled with the MinGW-w64 cross
   compiler and its test program (tests/win/sem_test.c) runs under wine.
-- The Python side (fastjob._sem.SemaphoreTransport) runs here over
+- The Python side (fastjob._core.sem.SemaphoreTransport) runs here over
   ``ThreadSemaphores``, an in-process stand-in for the kernel's named
   semaphores (Windows does not exist on this machine; wine runs no CPython
   here), so its waiter thread, hand-back rule and Client integration are
@@ -28,7 +28,7 @@ import anyio
 import pytest
 
 import fastjob
-from fastjob import _sem
+from fastjob._core import sem as _sem
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -137,7 +137,7 @@ def test_sem_module_type_checks_for_windows() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--platform", "win32",
          "--follow-imports=silent", "--no-incremental", "--cache-dir", os.devnull,
-         str(SRC / "fastjob" / "_sem.py")],
+         str(SRC / "fastjob" / "_core" / "sem.py")],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -16,7 +16,7 @@ from ._errors import (
     JobserverWarning,
 )
 from ._makeflags import JOBSERVER_VARIABLES, JobserverAuth, scan_makeflags
-from ._transport import open_transport
+from ._core.transport import open_transport
 from .client import Client
 from .server import Server
 

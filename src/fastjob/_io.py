@@ -39,7 +39,7 @@ reopen_private = _impl.reopen_private
 if TYPE_CHECKING:
     # Both implementations have one API; type against the pure one.
     from ._io_py import PoolCore as PoolCore
-    from ._token import Token as Token
+    from ._core.token import Token as Token
 else:
     Token = _impl.Token
     PoolCore = _impl.PoolCore

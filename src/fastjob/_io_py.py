@@ -143,7 +143,7 @@ def fd_info(fd: int) -> tuple[int, int, int, int, int, int]:
     )
 
 
-from ._token import Token  # noqa: E402 - the pure Token, for the selector
+from ._core.token import Token  # noqa: E402 - the pure Token, for the selector
 
 
 class PoolCore:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Literal
 
 from ._errors import InvalidAuthError
@@ -221,17 +222,49 @@ def format_makeflags(auth: JobserverAuth, jobs: int | None = None, *, mflags: bo
 
 
 def jobserver_env(auth: JobserverAuth, jobs: int | None = None) -> dict[str, str]:
-    """MAKEFLAGS, MFLAGS and CARGO_MAKEFLAGS for a child that joins auth."""
-    value = format_makeflags(auth, jobs)
+    """MAKEFLAGS and MFLAGS for a child that joins auth.
+
+    Never CARGO_MAKEFLAGS: readers look at it first and make never rewrites
+    it, so below a child ``make -jN`` (a new pool) it would still name this
+    one.  cargo reads MAKEFLAGS and sets CARGO_MAKEFLAGS for its own children.
+    """
     return {
-        "MAKEFLAGS": value,
+        "MAKEFLAGS": format_makeflags(auth, jobs),
         "MFLAGS": format_makeflags(auth, jobs, mflags=True),
-        "CARGO_MAKEFLAGS": value,
     }
 
 
-def strip_jobserver(value: str) -> str:
-    """value without its jobserver options (for a child that must not join).
+def child_environment(
+    base: Mapping[str, str] | None, auth: JobserverAuth | None, jobs: int | None = None
+) -> dict[str, str]:
+    """The environment of a child process: ``base`` (or os.environ) copied,
+    without CARGO_MAKEFLAGS (it may name a pool the child is not in), and
+
+    - auth given: MAKEFLAGS and MFLAGS name that pool (with ``-j jobs``);
+    - auth None: the child is isolated: no jobserver and no ``-j`` in
+      MAKEFLAGS/MFLAGS (their other flags and overrides are kept).
+    """
+    env = dict(os.environ if base is None else base)
+    env.pop("CARGO_MAKEFLAGS", None)
+    if auth is not None:
+        env.update(jobserver_env(auth, jobs))
+        return env
+    for var in ("MAKEFLAGS", "MFLAGS"):
+        if var in env:
+            stripped = strip_jobserver(env[var], parallelism=True).strip()
+            if stripped and stripped != "--":
+                env[var] = stripped
+            else:
+                del env[var]
+    return env
+
+
+_JOBS_WORD = re.compile(r"(?:-j[0-9]*|--jobs(?:=.*)?)")
+
+
+def strip_jobserver(value: str, *, parallelism: bool = False) -> str:
+    """value without its jobserver options (for a child that must not join);
+    with ``parallelism=True`` also without ``-j``/``-jN``/``--jobs[=N]``.
 
     Escapes are kept as written; the overrides after `` -- `` are untouched.
     """
@@ -241,6 +274,9 @@ def strip_jobserver(value: str) -> str:
         if w == "--":
             kept.extend(words[i:])
             break
-        if not w.startswith(_AUTH_OPTIONS):
-            kept.append(w)
+        if w.startswith(_AUTH_OPTIONS):
+            continue
+        if parallelism and _JOBS_WORD.fullmatch(w):
+            continue
+        kept.append(w)
     return " ".join(kept)

@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._token import Token
+    from ._core.token import Token
     from .client import Client
 
 
@@ -46,10 +46,29 @@ async def child_slot(client: Client) -> AsyncIterator[None]:
 
 
 def default_client() -> Client:
-    """``client=None``: the enclosing JobGroup task's client, else connect()."""
+    """``client=None``: the enclosing JobGroup task's client, else the
+    process's pool (:func:`fastjob.connect`)."""
     slot = current_slot.get()
     if slot is not None:
         return slot.client
     from ._discovery import connect
 
     return connect()
+
+
+def resolve_client(client: object) -> Client:
+    """What a ``client=`` argument means: None is :func:`default_client`, a
+    Server stands for its ``.client``; anything else but a Client is a
+    TypeError now (not an AttributeError later, inside a task group)."""
+    from .client import Client
+    from .server import Server
+
+    if client is None:
+        return default_client()
+    if isinstance(client, Server):
+        return client.client
+    if isinstance(client, Client):
+        return client
+    raise TypeError(
+        f"client must be a fastjob.Client, a fastjob.Server or None, not {type(client).__name__}"
+    )

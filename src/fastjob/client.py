@@ -25,9 +25,9 @@ import anyio
 
 from . import _backend, _io
 from ._errors import JobserverError, TokenLeakWarning
-from ._makeflags import jobserver_env
+from ._makeflags import child_environment
 from ._io import Token
-from ._transport import PipeTransport, Transport
+from ._core.transport import PipeTransport, Transport
 
 __all__ = ["Client", "ClientStatistics", "Token"]
 
@@ -536,10 +536,10 @@ class Client:
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """An environment (``base`` or os.environ, copied) that lets a child
-        join this pool: MAKEFLAGS, MFLAGS and CARGO_MAKEFLAGS."""
-        out = dict(os.environ if base is None else base)
-        out.update(jobserver_env(self._t.auth(), self._jobs))
-        return out
+        join this pool: MAKEFLAGS and MFLAGS name it; CARGO_MAKEFLAGS is
+        dropped (make never rewrites it, so it would go stale below a child
+        ``make -jN``)."""
+        return child_environment(base, self._t.auth(), self._jobs)
 
     @property
     def pass_fds(self) -> tuple[int, ...]:

@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._discovery import connect
 from .client import Client
-from ._slot import TaskSlot, current_slot
-from ._token import Token
+from .server import Server
+from ._slot import TaskSlot, current_slot, resolve_client
+from ._core.token import Token
 
 __all__ = ["JobGroup"]
 
@@ -28,10 +28,11 @@ class JobGroup:
     back.
     """
 
-    def __init__(self, client: Client | None = None, limit: int | None = None) -> None:
+    def __init__(self, client: Client | Server | None = None, limit: int | None = None) -> None:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive int or None, not {limit!r}")
-        self._client = client
+        # A wrong type fails here, not later inside the task group.
+        self._client = None if client is None else resolve_client(client)
         self._limit = limit
         self._sem = anyio.Semaphore(limit) if limit is not None else None
         self._tg: TaskGroup | None = None
@@ -40,7 +41,7 @@ class JobGroup:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = connect()
+            self._client = resolve_client(None)
         return self._client
 
     async def __aenter__(self) -> JobGroup:

@@ -16,9 +16,10 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from ._slot import child_slot, default_client
-from ._makeflags import JOBSERVER_VARIABLES, strip_jobserver
+from ._slot import child_slot, resolve_client
+from ._makeflags import child_environment
 from .client import Client
+from .server import Server
 
 __all__ = ["child_env", "open_process", "run_process"]
 
@@ -29,17 +30,9 @@ def child_env(
     client: Client, share_jobserver: bool, env: Mapping[str, str] | None
 ) -> tuple[dict[str, str], tuple[int, ...]]:
     """(environment, pass_fds) for a child of ``client``'s pool."""
-    base = dict(os.environ if env is None else env)
     if share_jobserver:
-        return client.env(base), client.pass_fds
-    for var in JOBSERVER_VARIABLES:
-        if var in base:
-            stripped = strip_jobserver(base[var]).strip()
-            if stripped and stripped not in ("-j", "--"):
-                base[var] = stripped
-            else:
-                del base[var]
-    return base, ()
+        return client.env(None if env is None else dict(env)), client.pass_fds
+    return child_environment(env, None), ()
 
 
 def _merge_fds(kwargs: dict[str, Any], fds: tuple[int, ...]) -> None:
@@ -50,7 +43,7 @@ def _merge_fds(kwargs: dict[str, Any], fds: tuple[int, ...]) -> None:
 async def run_process(
     command: Command,
     *,
-    client: Client | None = None,
+    client: Client | Server | None = None,
     share_jobserver: bool = True,
     check: bool = True,
     **kwargs: Any,
@@ -61,7 +54,7 @@ async def run_process(
     else :func:`fastjob.connect`.  Inside a :class:`JobGroup` task the child
     uses that task's token (no second token).
     """
-    client = default_client() if client is None else client
+    client = resolve_client(client)
     env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))
     _merge_fds(kwargs, fds)
     async with child_slot(client):
@@ -72,14 +65,14 @@ async def run_process(
 async def open_process(
     command: Command,
     *,
-    client: Client | None = None,
+    client: Client | Server | None = None,
     share_jobserver: bool = True,
     **kwargs: Any,
 ) -> AsyncIterator[Process]:
     """``async with open_process(cmd) as proc:`` a running child holding one
     token; on exit the child is waited for (killed if the block is cancelled
     or raises) and the token released."""
-    client = default_client() if client is None else client
+    client = resolve_client(client)
     env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))
     _merge_fds(kwargs, fds)
     async with child_slot(client):

@@ -15,8 +15,8 @@ from typing import Any
 
 from . import _io
 from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError
-from ._makeflags import JobserverAuth, jobserver_env
-from ._transport import FifoTransport, PipeTransport, Transport
+from ._makeflags import JobserverAuth, child_environment
+from ._core.transport import FifoTransport, PipeTransport, Transport
 from .client import Client, _live_clients
 
 __all__ = ["Server"]
@@ -129,7 +129,7 @@ class Server:
                 "style='sem' is the Windows jobserver (a named semaphore); "
                 "use 'pipe' or 'fifo' on POSIX"
             )
-        from ._sem import create_semaphore_pool
+        from ._core.sem import create_semaphore_pool
 
         self._transport, self._sem_name = create_semaphore_pool(self.jobs)
         self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
@@ -141,11 +141,10 @@ class Server:
         return self._transport.auth()
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """``base`` (default os.environ), copied, plus MAKEFLAGS, MFLAGS and
-        CARGO_MAKEFLAGS naming this pool."""
-        out = dict(os.environ if base is None else base)
-        out.update(jobserver_env(self.auth, self.jobs))
-        return out
+        """``base`` (default os.environ), copied, with MAKEFLAGS and MFLAGS
+        naming this pool and without CARGO_MAKEFLAGS (see
+        :func:`fastjob._makeflags.child_environment`)."""
+        return child_environment(base, self.auth, self.jobs)
 
     @property
     def pass_fds(self) -> tuple[int, ...]:

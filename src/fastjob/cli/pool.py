@@ -10,11 +10,11 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._discovery import find_jobserver, from_env
-from ._errors import InvalidAuthError, JobserverError, JobserverWarning
-from ._makeflags import JOBSERVER_VARIABLES, scan_makeflags
-from .client import Client
-from .server import Server
+from .._discovery import find_jobserver, from_env
+from .._errors import InvalidAuthError, JobserverError, JobserverWarning
+from .._makeflags import JOBSERVER_VARIABLES, scan_makeflags
+from ..client import Client
+from ..server import Server
 
 
 def warn(message: str) -> None:

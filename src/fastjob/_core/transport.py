@@ -15,8 +15,8 @@ import sys
 import threading
 from typing import Final
 
-from . import _io
-from ._errors import (
+from .. import _io
+from .._errors import (
     BadFdError,
     FifoError,
     ForeignFifoError,
@@ -26,7 +26,7 @@ from ._errors import (
     PipeMismatchError,
     UnsupportedPlatformError,
 )
-from ._makeflags import JobserverAuth
+from .._makeflags import JobserverAuth
 
 AGAIN: Final = _io.AGAIN
 
@@ -397,7 +397,7 @@ def open_transport(auth: JobserverAuth, *, allow_foreign: bool = False) -> Trans
             allow_foreign = os.environ.get("FASTJOB_ALLOW_FOREIGN_FIFO", "") not in ("", "0")
         return FifoTransport(auth.path, allow_foreign=allow_foreign)
     if sys.platform == "win32":
-        from ._sem import SemaphoreTransport
+        from .sem import SemaphoreTransport
 
         return SemaphoreTransport(str(auth.name))
     raise UnsupportedPlatformError(

@@ -28,10 +28,10 @@ import sys
 import threading
 from typing import Final, Protocol
 
-from . import _io
-from ._errors import JobserverClosedError, JobserverError, UnsupportedPlatformError
-from ._makeflags import JobserverAuth
-from ._transport import Transport
+from .. import _io
+from .._errors import JobserverClosedError, JobserverError, UnsupportedPlatformError
+from .._makeflags import JobserverAuth
+from .transport import Transport
 
 __all__ = ["SemaphoreTransport", "create_semaphore_pool", "semaphore_api"]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ._cli_pool import Pool, warn
+from .pool import Pool, warn
 
 if TYPE_CHECKING:
-    from ._cli_parallel import JobRecord
-    from .trace import Recorder
+    from .parallel import JobRecord
+    from ..trace import Recorder
 
 
 class CliTrace:
@@ -27,7 +27,7 @@ class CliTrace:
         return bool(self.trace or self.report)
 
     def start(self, pool: Pool, implicit: bool | None) -> None:
-        from .trace import Recorder
+        from ..trace import Recorder
 
         try:
             self.recorder = Recorder(pool.server or pool.client, implicit=implicit, command=self.label).start()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._trace_summary import Series
+from .summary import Series
 
 __all__ = ["SpanRecord", "chrome_trace"]
 

@@ -27,8 +27,8 @@ from typing import IO, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._cli_pool import Pool, open_pool, warn
-from ._token import Token
+from .pool import Pool, open_pool, warn
+from .._core.token import Token
 
 #: GNU parallel caps its exit status here: more failures read as 101.
 MAX_STATUS = 101

@@ -6,10 +6,10 @@ import warnings
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._errors import TokenLeakWarning
+from .._errors import TokenLeakWarning
 
 if TYPE_CHECKING:
-    from .client import Client
+    from ..client import Client
 
 
 class Token:

@@ -29,13 +29,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Callable
 
-from . import _version
-from ._trace_chrome import SpanRecord, chrome_trace
-from ._trace_report import render_report
-from ._trace_sampler import CpuReader, Sampler, open_cpu_reader
-from ._trace_summary import HEADROOM_CPU, SATURATED_CPU, Series, TraceSummary, summarize
-from .client import Client
-from .server import Server
+from .. import _version
+from .chrome import SpanRecord, chrome_trace
+from .report import render_report
+from .sampler import CpuReader, Sampler, open_cpu_reader
+from .summary import HEADROOM_CPU, SATURATED_CPU, Series, TraceSummary, summarize
+from ..client import Client
+from ..server import Server
 
 __all__ = ["HEADROOM_CPU", "SATURATED_CPU", "Recorder", "SpanRecord", "TraceSummary"]
 
@@ -242,7 +242,7 @@ class Recorder:
         after its token is held to its exit) as a span."""
         import anyio
 
-        from .process import _merge_fds, child_env
+        from ..process import _merge_fds, child_env
 
         client = self._client if client is None else client
         env, fds = child_env(client, share_jobserver, kwargs.pop("env", None))

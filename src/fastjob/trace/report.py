@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._trace_chrome import SpanRecord
-from ._trace_summary import HEADROOM_CPU, SATURATED_CPU, Series, TraceSummary, segments
+from .chrome import SpanRecord
+from .summary import HEADROOM_CPU, SATURATED_CPU, Series, TraceSummary, segments
 
 __all__ = ["find_chromium", "render_report", "screenshot"]
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ._version import __version__
+from .._version import __version__
 
 DESCRIPTION = """\
 fastjob speaks the GNU make jobserver protocol: the pool of job slots that
@@ -22,7 +22,7 @@ than N jobs in all.
 A command started by fastjob joins the jobserver fastjob itself inherited
 (from make, cargo or another fastjob) or, when there is none or -j is
 given, a new pool that fastjob creates and hands to it through MAKEFLAGS,
-MFLAGS, CARGO_MAKEFLAGS and inherited file descriptors."""
+MFLAGS (never CARGO_MAKEFLAGS) and inherited file descriptors."""
 
 EPILOG = """\
 examples:
@@ -42,7 +42,7 @@ Run COMMAND under a jobserver.  When this process inherited one (it runs in
 a recipe of make -jN, under cargo, or under another fastjob) and -j is not
 given, COMMAND joins it and runs in this process's job slot.  Otherwise a
 new pool of N slots is created (N-1 tokens plus COMMAND's implicit one) and
-named to COMMAND in MAKEFLAGS, MFLAGS and CARGO_MAKEFLAGS; a pipe pool's
+named to COMMAND in MAKEFLAGS and MFLAGS; a pipe pool's
 file descriptors are inherited by COMMAND.
 
 COMMAND runs in its own process group; SIGINT, SIGTERM and SIGHUP sent to
@@ -250,11 +250,11 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         _fail("fastjob run", "no COMMAND given after --")
     if not command[0]:
         _fail("fastjob run", "the COMMAND is empty")
-    from ._cli_run import RunHooks, run
+    from .run import RunHooks, run
 
     hooks = None
     if ns.trace or ns.report:
-        from ._cli_trace import CliTrace
+        from .tracing import CliTrace
 
         tracer = CliTrace(ns.trace, ns.report, " ".join(command))
         # the command holds the implicit slot while it runs
@@ -266,13 +266,13 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(ns: argparse.Namespace) -> int:
-    from ._cli_doctor import doctor
+    from .doctor import doctor
 
     return doctor(as_json=ns.json)
 
 
 def _cmd_parallel(ns: argparse.Namespace, args: list[str] | None) -> int:
-    from ._cli_parallel import Spec, build_commands, parallel
+    from .parallel import Spec, build_commands, parallel
 
     template = list(ns.template)
     if template and template[0] == "--":
@@ -309,7 +309,7 @@ def _cmd_parallel(ns: argparse.Namespace, args: list[str] | None) -> int:
         commands, tags, jobs=ns.jobs, keep_going=ns.keep_going, progress=progress, tag=ns.tag
     )
     if ns.trace or ns.report:
-        from ._cli_trace import CliTrace
+        from .tracing import CliTrace
 
         tracer = CliTrace(ns.trace, ns.report, "fastjob parallel")
         spec.on_start.append(lambda pool: tracer.start(pool, implicit=None))

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _io
-from ._discovery import FIX_FIFO, FIX_PIPE, find_jobserver
-from ._errors import InvalidAuthError
-from ._makeflags import JOBSERVER_VARIABLES, JobserverAuth
+from .. import _io
+from .._discovery import FIX_FIFO, FIX_PIPE, find_jobserver
+from .._errors import InvalidAuthError
+from .._makeflags import JOBSERVER_VARIABLES, JobserverAuth
 
 USABLE, BROKEN, NONE = 0, 1, 2
 VERDICTS = {USABLE: "usable", BROKEN: "broken", NONE: "none"}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Callable
 
-from ._cli_pool import Pool, open_pool, warn
+from .pool import Pool, open_pool, warn
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
