@@ -1,21 +1,28 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Native token I/O for fastjob: thin wrappers over src/fastjob_io.h.
+"""Native token I/O and the token core of fastjob (src/fastjob_io.h).
 
-Every syscall runs with the GIL released.  Reads return the token byte
-(0..255), AGAIN (-2) when no token is there now, EOF (-3) when the pool's
-writers are all gone; other failures raise OSError.
+Reads return the token byte (0..255), AGAIN (-2) when no token is there now,
+EOF (-3) when the pool's writers are all gone; other failures raise OSError.
+Calls that may block release the GIL; a non-blocking read or write keeps it
+(a ``with nogil`` costs more than the syscall saves there).  The pure twin is
+fastjob/_io_py.py: the same names, the same results.
 """
 
-from libc.errno cimport errno
+cimport cython
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport errno, EINTR
 from libc.stdlib cimport malloc, free
 
 cdef extern from "fastjob_io.h" nogil:
     int FJ_AGAIN
     int FJ_EOF
+    int FJ_INTR
     int fj_try_read(int fd)
     int fj_read_blocking(int fd)
     int fj_read_nowait(int fd)
     int fj_write(int fd, int byte)
+    int fj_try_write(int fd, int byte)
+    int fj_write_nowait(int fd, int byte)
     int fj_wait_readable(int fd, int cancel_fd, int timeout_ms)
     int fj_available(int fd)
     int fj_fill(int fd, int byte, int n)
@@ -31,6 +38,7 @@ cdef extern from "fastjob_io.h" nogil:
     int fj_fd_info(int fd, fj_fd_info_t *info)
 
 import os as _os
+from time import monotonic as _monotonic
 
 AGAIN = FJ_AGAIN
 EOF = FJ_EOF
@@ -42,9 +50,7 @@ cdef inline object _oserror(int err):
 
 cpdef int try_read(int fd) except -1:
     """One non-blocking read of one token byte (fd must be non-blocking)."""
-    cdef int r
-    with nogil:
-        r = fj_try_read(fd)
+    cdef int r = fj_try_read(fd)
     if r == -1:
         raise _oserror(errno)
     return r
@@ -62,16 +68,14 @@ cpdef int read_blocking(int fd) except -1:
 
 cpdef int read_nowait(int fd) except -1:
     """preadv2(RWF_NOWAIT): a non-blocking read on a blocking, shared fd."""
-    cdef int r
-    with nogil:
-        r = fj_read_nowait(fd)
+    cdef int r = fj_read_nowait(fd)
     if r == -1:
         raise _oserror(errno)
     return r
 
 
 cpdef int write(int fd, int byte) except -1:
-    """Write one token byte (EINTR retried)."""
+    """Write one token byte (EINTR retried; may block on a blocking fd)."""
     cdef int r
     with nogil:
         r = fj_write(fd, byte)
@@ -80,17 +84,43 @@ cpdef int write(int fd, int byte) except -1:
     return 0
 
 
-def wait_readable(int fd, int cancel_fd=-1, timeout=None):
-    """Block (GIL released) until fd is readable: 1, cancel_fd is: 2, timeout: 0."""
-    cdef int ms = -1
-    cdef int r
-    if timeout is not None:
-        ms = <int>max(0.0, min(float(timeout) * 1000.0 + 0.999, 2147483647.0))
-    with nogil:
-        r = fj_wait_readable(fd, cancel_fd, ms)
+cpdef int write_nowait(int fd, int byte) except -1:
+    """Write one token byte without ever blocking and without touching the
+    description's flags: 0, or AGAIN when the pipe is full."""
+    cdef int r = fj_write_nowait(fd, byte)
     if r == -1:
         raise _oserror(errno)
     return r
+
+
+cdef int _timeout_ms(object timeout) except? -2:
+    if timeout is None:
+        return -1
+    return <int>max(0.0, min(float(timeout) * 1000.0 + 0.999, 2147483647.0))
+
+
+def wait_readable(int fd, int cancel_fd=-1, timeout=None):
+    """Block (GIL released) until fd is readable: 1, cancel_fd is: 2, timeout: 0.
+
+    A signal interrupts the wait: its Python handler runs here (so Ctrl-C
+    raises KeyboardInterrupt at once) and, if it returns, the wait goes on
+    for the time that is left."""
+    cdef int ms = _timeout_ms(timeout)
+    cdef double deadline = -1.0
+    cdef int r
+    if ms >= 0:
+        deadline = _monotonic() + ms / 1000.0
+    while True:
+        with nogil:
+            r = fj_wait_readable(fd, cancel_fd, ms)
+        if r == FJ_INTR:
+            PyErr_CheckSignals()  # raises what the handler raised
+            if deadline >= 0:
+                ms = <int>max(0.0, (deadline - _monotonic()) * 1000.0 + 0.999)
+            continue
+        if r == -1:
+            raise _oserror(errno)
+        return r
 
 
 def available(int fd):
@@ -272,14 +302,26 @@ def handle_close(long long h):
         raise _winerror(errno)
 
 
-# -- the hot path: Token and PoolCore ------------------------------------------
-# try_acquire on a pipe pool is one call into PoolCore.take (read + Token +
-# bookkeeping in C); Token.release of a pool token is PoolCore.give (dict pop
-# + write).  The pure twin lives in fastjob/_token.py and fastjob/_io_py.py.
+# -- the token core ---------------------------------------------------------
+# One Core per pool per Client: the implicit token (a C flag), the count of
+# pool tokens held (and of each byte value, so close() can write back what was
+# read without a registry of tokens), and the reads and writes of the fast
+# path.  Between a read and the recording of its token, and between taking a
+# token's record and writing its byte, no Python code runs: a signal handler
+# that raises (Ctrl-C) can only do so before or after, never in between.
+# The FIFO queue of waiters lives in the Client (fastjob/client.py); it keeps
+# ``nwait`` up to date so that the fast path never jumps the queue.
 
-import warnings as _warnings
+READ_FD = 0       # read(2) on a non-blocking description of our own
+READ_NOWAIT = 1   # preadv2(RWF_NOWAIT) on a shared blocking description
+READ_NONE = 2     # a blocking shared description: only a reader thread reads
+READ_PY = 3       # transport.try_read() (Windows semaphore)
+WRITE_FD = 0      # write(2) on a non-blocking description
+WRITE_NOWAIT = 1  # pwritev2(RWF_NOWAIT) / poll+write on a shared description
+WRITE_LOCKED = 2  # transport._wfd under transport._lock (the FIFO reopens it)
+WRITE_PY = 3      # transport.write(byte)
 
-cdef object _TokenLeakWarning = None
+cdef object _TokenLeakWarning = UserWarning
 
 
 def _set_leak_warning(cls):
@@ -287,6 +329,12 @@ def _set_leak_warning(cls):
     _TokenLeakWarning = cls
 
 
+cdef class Core
+
+
+# No @cython.freelist here: a recycled object keeps its "finalized" GC bit,
+# so its __del__ (the leak check) would never run again.
+@cython.final
 cdef class Token:
     """A held job slot.  ``release()`` is sync, idempotent and thread-safe and
     writes back the byte that was read; the implicit token writes nothing.
@@ -295,17 +343,18 @@ cdef class Token:
     collected unreleased is released with a TokenLeakWarning.
     """
 
-    cdef public object _client
-    cdef public int _byte
-    cdef public int _gen
-    cdef public object _core
+    cdef Core _holder
+    cdef readonly int _byte
+    cdef readonly long long _gen
     cdef object __weakref__
 
-    def __init__(self, client, int byte, int gen):
-        self._client = client
-        self._byte = byte
-        self._gen = gen
-        self._core = None
+    def __init__(self):
+        raise TypeError("Tokens come from a fastjob Client (acquire, try_acquire, ...)")
+
+    @property
+    def _core(self):
+        """The Core that holds this token; None once released."""
+        return self._holder
 
     @property
     def implicit(self):
@@ -319,162 +368,238 @@ cdef class Token:
 
     @property
     def released(self):
-        return self._client is None
+        """True once the token has been given back."""
+        return self._holder is None
 
-    cpdef release(self):
+    def release(self):
         """Give the token back (writes its byte to the pool; a no-op the
         second time)."""
-        if self._client is None:
-            return
-        if self._core is not None:
-            (<PoolCore>self._core).give(self)
-        else:
-            self._client._release(self)
+        cdef Core core = self._holder
+        if core is not None:
+            core._give(self)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.release()
+        cdef Core core = self._holder
+        if core is not None:
+            core._give(self)
 
     def __del__(self):
-        if self._client is None:
+        cdef Core core = self._holder
+        if core is None:
             return
-        what = repr(self)
-        # Release first: a warning turned into an error must not lose it.
-        self._client._release(self, True)
+        # Release first, before any Python code runs (a signal handler may
+        # raise in it; a warning turned into an error must not lose it).
+        try:
+            core._give(self)
+        except BaseException:
+            self._holder = None
+            core._lost(self)
         _warnings.warn(
-            f"fastjob: {what} was garbage collected without release(); "
-            "it has been returned to the pool",
+            f"fastjob: <fastjob.Token {'implicit' if self._byte < 0 else 'byte=' + repr(bytes((self._byte,)))}> "
+            "was garbage collected without release(); it has been returned to the pool",
             _TokenLeakWarning,
             stacklevel=2,
         )
 
     def __repr__(self):
         kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
-        state = "released" if self._client is None else "held"
+        state = "released" if self._holder is None else "held"
         return f"<fastjob.Token {kind} {state}>"
 
 
-cdef class PoolCore:
-    """Reads and writes the tokens of one pipe pool for one Client.
+import warnings as _warnings
 
-    ``held`` is the client's dict id(token) -> byte: the pop in give() is
-    atomic, so a token is written back exactly once whoever releases it.
-    After bind(), try_acquire() is the client's whole fast path: it defers
-    to the client's slow path while the implicit token is free, tasks are
-    queued or the client is closed.
-    """
+
+@cython.final
+cdef class Core:
+    """The token state of one Client on one pool (see the comment above)."""
 
     cdef int rfd
     cdef int wfd
-    cdef bint nowait
-    cdef dict held
-    cdef public object on_write_error
-    cdef object client
-    cdef list implicit
-    cdef object waiters
+    cdef int read_mode
+    cdef int write_mode
+    cdef object transport
     cdef object slow
-    cdef object lock_acquire
-    cdef object lock_release
-    cdef public bint owns_implicit
+    cdef public object handoff
+    cdef public object on_write_error
+    cdef public object full_error
     cdef public bint closed
-    cdef public int gen
+    cdef public bint owns_implicit
+    cdef public bint implicit_free
+    cdef public long long gen
     cdef public long long acquired
+    cdef public Py_ssize_t nwait
+    cdef readonly Py_ssize_t held
+    cdef Py_ssize_t counts[256]
 
-    def __init__(self, int rfd, int wfd, bint nowait, dict held, on_write_error):
+    def __init__(self, transport, int rfd, int wfd, int read_mode, int write_mode,
+                 bint owns_implicit, long long gen, slow, handoff, on_write_error, full_error):
+        self.transport = transport
         self.rfd = rfd
         self.wfd = wfd
-        self.nowait = nowait
-        self.held = held
-        self.on_write_error = on_write_error
-        self.closed = False
-        self.gen = 0
-        self.acquired = 0
-
-    def bind(self, client, list implicit, waiters, slow, int gen, lock, bint owns_implicit):
-        """Attach the client state the fast path must respect."""
-        self.client = client
-        self.implicit = implicit
-        self.waiters = waiters
-        self.slow = slow
-        self.gen = gen
-        self.lock_acquire = lock.acquire
-        self.lock_release = lock.release
+        self.read_mode = read_mode
+        self.write_mode = write_mode
         self.owns_implicit = owns_implicit
+        self.implicit_free = owns_implicit
+        self.gen = gen
+        self.slow = slow
+        self.handoff = handoff
+        self.on_write_error = on_write_error
+        self.full_error = full_error
+        self.closed = False
+        self.acquired = 0
+        self.nwait = 0
+        self.held = 0
+        cdef int i
+        for i in range(256):
+            self.counts[i] = 0
 
-    def try_acquire(self):
-        """Client.try_acquire, fast path in C (see Client.try_acquire)."""
-        cdef Token tok
-        if self.closed or self.waiters:
-            return self.slow()
-        if self.implicit:
-            # check and pop run under the GIL with no Python code between:
-            # atomic, so the implicit token is handed out once
-            self.implicit.pop()
-            tok = Token.__new__(Token)
-            tok._client = self.client
-            tok._byte = -1
-            tok._gen = self.gen
-            tok._core = self
-            self.acquired += 1
-            return tok
-        tok = self.take(self.client, self.gen)
-        if tok is None:
-            return None
-        if type(tok) is int:
-            return self.slow()  # EOF: the slow path raises the proper error
+    cdef inline Token _new(self, int b):
+        cdef Token tok = Token.__new__(Token)
+        tok._holder = self
+        tok._byte = b
+        tok._gen = self.gen
+        if b >= 0:
+            self.counts[b] += 1
+            self.held += 1
         self.acquired += 1
         return tok
 
-    cpdef object take(self, object client, int gen):
-        """A Token for a byte read now, None if the pool is empty, EOF (an
-        int) when the pool is closed."""
+    cdef int _read(self) except -1:
         cdef int r
-        with nogil:
-            if self.nowait:
-                r = fj_read_nowait(self.rfd)
-            else:
-                r = fj_try_read(self.rfd)
+        if self.read_mode == 0:
+            r = fj_try_read(self.rfd)
+        elif self.read_mode == 1:
+            r = fj_read_nowait(self.rfd)
+        elif self.read_mode == 2:
+            return FJ_AGAIN
+        else:
+            return self.transport.try_read()
+        if r == -1:
+            raise _oserror(errno)
+        return r
+
+    def try_acquire(self):
+        """Client.try_acquire: the implicit token, else a pool byte read now,
+        else None; the client's slow path while waiters queue, when closed,
+        or when only a reader thread may read."""
+        if self.closed or self.nwait:
+            return self.slow()
+        if self.implicit_free:
+            self.implicit_free = False
+            return self._new(-1)
+        if self.read_mode == 2:
+            return self.slow()
+        return self.take()
+
+    cpdef Token take(self):
+        """A Token for a pool byte read now, or None; JobserverClosedError
+        at EOF.  Ignores the queue (the caller is the queue's pump)."""
+        cdef int r = self._read()
         if r == FJ_AGAIN:
             return None
         if r == FJ_EOF:
-            return FJ_EOF
+            raise self.transport.closed_error()
+        return self._new(r)
+
+    cpdef Token take_implicit(self):
+        """The implicit token if it is free, else None (ignores the queue)."""
+        if self.implicit_free and not self.closed:
+            self.implicit_free = False
+            return self._new(-1)
+        return None
+
+    cpdef Token adopt(self, int byte):
+        """A held Token for a byte read by someone else (the reader thread)."""
+        return self._new(byte)
+
+    cdef int _write(self, int b) except? -1:
+        cdef int r
+        cdef int fd
+        if self.write_mode == 0:
+            r = fj_try_write(self.wfd, b)
+        elif self.write_mode == 1:
+            r = fj_write_nowait(self.wfd, b)
+        elif self.write_mode == 2:
+            lock = self.transport._lock
+            lock.acquire()
+            try:
+                fd = self.transport._wfd
+                if fd >= 0:
+                    r = fj_try_write(fd, b)
+            finally:
+                lock.release()
+            if fd < 0:
+                self.transport.write(b)  # reopens the writer (rare)
+                return 0
+        else:
+            self.transport.write(b)
+            return 0
         if r == -1:
             raise _oserror(errno)
-        cdef Token tok = Token.__new__(Token)
-        tok._client = client
-        tok._byte = r
-        tok._gen = gen
-        tok._core = self
-        self.held[id(tok)] = r
-        return tok
+        return r
 
-    cpdef give(self, Token tok):
-        """Release a token: a pool token's byte is written back, once; the
-        implicit token goes back to its slot (or, when tasks wait, through
-        the client's slow path, which hands it on)."""
-        if tok._byte < 0:
-            self.lock_acquire()
-            try:
-                if tok._client is None:
-                    return
-                if not (self.waiters or self.closed or tok._gen != self.gen):
-                    tok._client = None
-                    if self.owns_implicit:
-                        self.implicit.append(1)
-                    return
-            finally:
-                self.lock_release()
-            self.client._release(tok)
-            return
-        b = self.held.pop(id(tok), None)
-        tok._client = None
-        if b is None:
-            return
-        cdef int byte = b
+    cdef int _give(self, Token tok) except -1:
+        if tok._holder is not self:
+            return 0
+        tok._holder = None
+        if tok._gen != self.gen:
+            return 0  # taken before a fork: the parent process gives it back
+        cdef int b = tok._byte
+        if b < 0:
+            if self.closed or not self.owns_implicit:
+                return 0
+            self.implicit_free = True
+            if self.nwait:
+                self.handoff()  # the client passes it to the oldest waiter
+            return 0
+        if self.closed:
+            return 0  # close() wrote it back already
         cdef int r
-        with nogil:
-            r = fj_write(self.wfd, byte)
-        if r == -1:
-            self.on_write_error(_oserror(errno))
+        try:
+            r = self._write(b)
+        except OSError as exc:
+            self._lost(tok)  # the pool is broken or gone: the byte cannot go back
+            self.on_write_error(exc)
+            raise
+        if r == FJ_AGAIN:
+            tok._holder = self  # still held: a later release() may succeed
+            raise self.full_error()
+        self._lost(tok)
+        return 0
+
+    cdef void _lost(self, Token tok):
+        """Forget a pool token's record (written back, or unwritable)."""
+        if tok._byte >= 0 and tok._gen == self.gen and self.counts[tok._byte] > 0:
+            self.counts[tok._byte] -= 1
+            self.held -= 1
+
+    def give(self, Token tok):
+        """Release tok (Token.release)."""
+        if tok._holder is self:
+            self._give(tok)
+
+    def held_bytes(self):
+        """The bytes of the pool tokens still held, forgetting them (close)."""
+        cdef list out = []
+        cdef int i
+        cdef Py_ssize_t n
+        for i in range(256):
+            n = self.counts[i]
+            while n > 0:
+                out.append(i)
+                n -= 1
+            self.counts[i] = 0
+        self.held = 0
+        return out
+
+    def after_fork(self, long long gen):
+        """In a forked child: it holds none of the parent's tokens."""
+        self.held_bytes()
+        self.gen = gen
+        self.owns_implicit = False
+        self.implicit_free = False
+        self.nwait = 0

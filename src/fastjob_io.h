@@ -4,7 +4,9 @@
  * Every function reports failure as -1 with errno set, so the Cython layer can
  * turn it into OSError.  Reads return the token byte (0..255), FJ_AGAIN when no
  * token is there now, or FJ_EOF when every writer of the pool is gone.
- * EINTR is retried everywhere: a signal is never a reason to lose a token.
+ * EINTR is retried in the reads and writes (a signal is never a reason to
+ * lose a token); a blocking wait returns FJ_INTR instead so that the caller
+ * can run the signal handlers (Ctrl-C) before it waits again.
  *
  * On _WIN32 the POSIX part is replaced by the semaphore calls in
  * fastjob_io_win.h.
@@ -14,9 +16,16 @@
 
 #define FJ_AGAIN (-2)
 #define FJ_EOF (-3)
+/* fj_wait_readable: a signal arrived; the caller runs Python's handlers
+ * (PyErr_CheckSignals) and waits again, so Ctrl-C is never swallowed. */
+#define FJ_INTR (-4)
 
 #ifdef _WIN32
 #include "fastjob_io_win.h"
+/* The POSIX writes the core uses, failing with ENOSYS as the other POSIX
+ * calls in fastjob_io_win.h do (Windows pools are semaphores). */
+static FJ_INLINE int fj_try_write(int fd, int byte) { (void)fd; (void)byte; return fj_enosys_(); }
+static FJ_INLINE int fj_write_nowait(int fd, int byte) { (void)fd; (void)byte; return fj_enosys_(); }
 #else
 
 #ifndef _GNU_SOURCE
@@ -88,6 +97,54 @@ static inline int fj_write(int fd, int byte) {
     }
 }
 
+/* Write one token byte to a non-blocking description: 0, or FJ_AGAIN when
+ * the pipe is full (the byte was not written). */
+static inline int fj_try_write(int fd, int byte) {
+    unsigned char b = (unsigned char)byte;
+    for (;;) {
+        ssize_t n = write(fd, &b, 1);
+        if (n == 1) return 0;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return FJ_AGAIN;
+        if (n == 0) errno = EIO;
+        return -1;
+    }
+}
+
+/* Write one token byte to a shared description that may be blocking, without
+ * ever blocking and without touching its flags: pwritev2(RWF_NOWAIT) on Linux,
+ * else poll(POLLOUT, 0) then write (a pipe that polls writable has room for
+ * PIPE_BUF bytes, and a 1-byte write is atomic).  0, FJ_AGAIN (full), -1. */
+static inline int fj_write_nowait(int fd, int byte) {
+    unsigned char b = (unsigned char)byte;
+#if defined(__linux__) && defined(RWF_NOWAIT)
+    struct iovec iov;
+    iov.iov_base = &b;
+    iov.iov_len = 1;
+    for (;;) {
+        ssize_t n = pwritev2(fd, &iov, 1, -1, RWF_NOWAIT);
+        if (n == 1) return 0;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return FJ_AGAIN;
+        if (n < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) break;
+        if (n == 0) errno = EIO;
+        return -1;
+    }
+#endif
+    for (;;) {
+        struct pollfd p;
+        p.fd = fd; p.events = POLLOUT; p.revents = 0;
+        int r = poll(&p, 1, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) return FJ_AGAIN;
+        if (p.revents & POLLNVAL) { errno = EBADF; return -1; }
+        if (p.revents & (POLLERR | POLLHUP)) { errno = EPIPE; return -1; }
+        break;
+    }
+    return fj_write(fd, b);
+}
+
 static inline long long fj_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -111,7 +168,7 @@ static inline int fj_wait_readable(int fd, int cancel_fd, int timeout_ms) {
         p[1].fd = cancel_fd; p[1].events = POLLIN; p[1].revents = 0;
         int r = poll(p, nfds, wait_ms);
         if (r < 0) {
-            if (errno == EINTR) continue;
+            if (errno == EINTR) return FJ_INTR;
             return -1;
         }
         if (r == 0) return 0;

@@ -31,22 +31,36 @@ try_read = _impl.try_read
 read_blocking = _impl.read_blocking
 read_nowait = _impl.read_nowait
 write = _impl.write
+write_nowait = _impl.write_nowait
 wait_readable = _impl.wait_readable
 available = _impl.available
 fill = _impl.fill
 drain = _impl.drain
 reopen_private = _impl.reopen_private
+READ_FD: int = _impl.READ_FD
+READ_NOWAIT: int = _impl.READ_NOWAIT
+READ_NONE: int = _impl.READ_NONE
+READ_PY: int = _impl.READ_PY
+WRITE_FD: int = _impl.WRITE_FD
+WRITE_NOWAIT: int = _impl.WRITE_NOWAIT
+WRITE_LOCKED: int = _impl.WRITE_LOCKED
+WRITE_PY: int = _impl.WRITE_PY
 if TYPE_CHECKING:
     # Both implementations have one API; type against the pure one.
-    from ._io_py import PoolCore as PoolCore
-    from ._core.token import Token as Token
+    from ._io_py import Core as Core
+    from ._io_py import Token as Token
 else:
     Token = _impl.Token
-    PoolCore = _impl.PoolCore
-if NATIVE:
-    from ._errors import TokenLeakWarning as _TokenLeakWarning
+    Core = _impl.Core
 
-    _impl._set_leak_warning(_TokenLeakWarning)  # type: ignore[attr-defined]
+from ._errors import TokenLeakWarning as _TokenLeakWarning  # noqa: E402
+
+_impl._set_leak_warning(_TokenLeakWarning)
+
+# The slow paths of the client block signals around their critical sections
+# whichever core is in use (the native fast path needs no such help).
+from ._io_py import block_signals as block_signals  # noqa: E402
+from ._io_py import restore_signals as restore_signals  # noqa: E402
 
 
 class FdInfo(NamedTuple):

@@ -1,5 +1,12 @@
-"""Pure-Python token I/O: the same functions and results as the native
-``_fastjob`` extension (os.read, os.preadv, select.poll, fcntl)."""
+"""Pure-Python token I/O and token core: the same names and results as the
+native ``_fastjob`` extension (os.read, os.preadv, select.poll, fcntl).
+
+Python code can be interrupted by a signal handler between any two
+bytecodes, so the critical sections of the core (a read and the recording of
+its token; taking a token's record and writing its byte) run with signals
+blocked in the main thread (the only thread whose Python handlers run):
+:func:`block_signals` / :func:`restore_signals`.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +61,7 @@ def read_nowait(fd: int) -> int:
 
 
 def write(fd: int, byte: int) -> int:
-    """Write one token byte (EINTR retried)."""
+    """Write one token byte (EINTR retried; may block on a blocking fd)."""
     data = bytes((byte,))
     while True:
         try:
@@ -63,6 +70,61 @@ def write(fd: int, byte: int) -> int:
         except InterruptedError:
             continue
         raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+_RWF_NOWAIT_W = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "pwritev") else None
+
+
+def try_write(fd: int, byte: int) -> int:
+    """Write one token byte to a non-blocking fd: 0, or AGAIN when full."""
+    data = bytes((byte,))
+    while True:
+        try:
+            if os.write(fd, data) == 1:
+                return 0
+        except InterruptedError:
+            continue
+        except BlockingIOError:
+            return AGAIN
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def write_nowait(fd: int, byte: int) -> int:
+    """Write one token byte without ever blocking and without touching the
+    description's flags: 0, or AGAIN when the pipe is full."""
+    global _RWF_NOWAIT_W
+    data = bytes((byte,))
+    if _RWF_NOWAIT_W is not None:
+        while True:
+            try:
+                if os.pwritev(fd, [data], -1, _RWF_NOWAIT_W) == 1:
+                    return 0
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                return AGAIN
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                _RWF_NOWAIT_W = None  # this kernel cannot: poll, then write
+                break
+    while True:
+        try:
+            events = select.poll()
+            events.register(fd, select.POLLOUT)
+            ready = events.poll(0)
+        except InterruptedError:
+            continue
+        break
+    if not ready:
+        return AGAIN
+    flags = ready[0][1]
+    if flags & select.POLLNVAL:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    if flags & (select.POLLERR | select.POLLHUP):
+        raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
+    return write(fd, byte)
 
 
 def wait_readable(fd: int, cancel_fd: int = -1, timeout: float | None = None) -> int:
@@ -143,104 +205,321 @@ def fd_info(fd: int) -> tuple[int, int, int, int, int, int]:
     )
 
 
-from ._core.token import Token  # noqa: E402 - the pure Token, for the selector
+# -- signals: the critical sections of the pure core --------------------------
+import signal as _signal  # noqa: E402
+import threading as _threading  # noqa: E402
+import warnings as _warnings  # noqa: E402
+
+_sigmask = getattr(_signal, "pthread_sigmask", None)
+_ALL_SIGNALS: Any = _signal.valid_signals() if _sigmask is not None else ()
+_main_ident = _threading.main_thread().ident
+_get_ident = _threading.get_ident
+_NOTHING: Any = None
 
 
-class PoolCore:
-    """Reads and writes the tokens of one pipe pool for one Client (the pure
-    twin of the native hot path in _fastjob.pyx)."""
+def block_signals() -> Any:
+    """Block every signal in this thread if it is the main thread (the only
+    one whose Python handlers run); returns what restore_signals needs."""
+    if _sigmask is None or _get_ident() != _main_ident:
+        return _NOTHING
+    return _sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
+
+
+def restore_signals(old: Any) -> None:
+    """Undo block_signals; a signal that came meanwhile is handled now."""
+    if old is not None:
+        _sigmask(_signal.SIG_SETMASK, old)  # type: ignore[misc]
+
+
+def _after_fork() -> None:
+    global _main_ident
+    _main_ident = _threading.main_thread().ident
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+# -- the token core (the twin of Core and Token in _fastjob.pyx) ---------------
+READ_FD = 0
+READ_NOWAIT = 1
+READ_NONE = 2
+READ_PY = 3
+WRITE_FD = 0
+WRITE_NOWAIT = 1
+WRITE_LOCKED = 2
+WRITE_PY = 3
+
+_TokenLeakWarning: type[Warning] = UserWarning
+
+
+def _set_leak_warning(cls: type[Warning]) -> None:
+    global _TokenLeakWarning
+    _TokenLeakWarning = cls
+
+
+class Token:
+    """A held job slot.  ``release()`` is sync, idempotent and thread-safe and
+    writes back the byte that was read; the implicit token writes nothing.
+
+    Use it as a context manager, or release it yourself.  A Token garbage
+    collected unreleased is released with a TokenLeakWarning.
+    """
+
+    # _hold is [core] while held, [] once released: list.pop() is atomic, so
+    # exactly one releasing thread gets the core.
+    __slots__ = ("_hold", "_byte", "_gen", "__weakref__")
+
+    _hold: list[Core]
+    _byte: int
+    _gen: int
+
+    def __init__(self) -> None:
+        raise TypeError("Tokens come from a fastjob Client (acquire, try_acquire, ...)")
+
+    @property
+    def _core(self) -> Core | None:
+        """The Core that holds this token; None once released."""
+        hold = self._hold
+        return hold[0] if hold else None
+
+    @property
+    def implicit(self) -> bool:
+        """True for the process's implicit token (never in the pool)."""
+        return self._byte < 0
+
+    @property
+    def byte(self) -> bytes | None:
+        """The byte read from the pool (echoed on release); None if implicit."""
+        return None if self._byte < 0 else bytes((self._byte,))
+
+    @property
+    def released(self) -> bool:
+        """True once the token has been given back."""
+        return not self._hold
+
+    def release(self) -> None:
+        """Give the token back (writes its byte to the pool; a no-op the
+        second time)."""
+        if self._hold:
+            old = block_signals()
+            try:
+                self._give()
+            finally:
+                restore_signals(old)
+
+    def _give(self) -> None:
+        try:
+            core = self._hold.pop()
+        except IndexError:
+            return
+        core._give(self)
+
+    def __enter__(self) -> Token:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if not self._hold:
+            return
+        # Release first (a warning turned into an error must not lose it),
+        # with signals blocked: a handler must not raise before the give.
+        old = block_signals()
+        try:
+            core = self._hold[0]
+            try:
+                self._give()
+            except BaseException:  # noqa: BLE001 - the pool is gone: nothing to write to
+                self._hold.clear()
+                core._lost(self)
+        finally:
+            restore_signals(old)
+        kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
+        _warnings.warn(
+            f"fastjob: <fastjob.Token {kind}> was garbage collected without release(); "
+            "it has been returned to the pool",
+            _TokenLeakWarning,
+            stacklevel=2,
+        )
+
+    def __repr__(self) -> str:
+        kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
+        state = "released" if not self._hold else "held"
+        return f"<fastjob.Token {kind} {state}>"
+
+
+_new_token = object.__new__
+
+
+class Core:
+    """The token state of one Client on one pool (the twin of _fastjob.Core)."""
 
     def __init__(
-        self, rfd: int, wfd: int, nowait: bool, held: dict[int, int], on_write_error: Any
+        self,
+        transport: Any,
+        rfd: int,
+        wfd: int,
+        read_mode: int,
+        write_mode: int,
+        owns_implicit: bool,
+        gen: int,
+        slow: Any,
+        handoff: Any,
+        on_write_error: Any,
+        full_error: Any,
     ) -> None:
+        self.transport = transport
         self.rfd = rfd
         self.wfd = wfd
-        self.nowait = nowait
-        self.held = held
-        self.on_write_error = on_write_error
-        self.closed = False
-        self.gen = 0
-        self.acquired = 0
-        self.client: Any = None
-        self.implicit: list[int] = []
-        self.waiters: Any = ()
-        self.slow: Any = None
-        self.lock: Any = None
-        self.owns_implicit = False
-
-    def bind(
-        self,
-        client: Any,
-        implicit: list[int],
-        waiters: Any,
-        slow: Any,
-        gen: int,
-        lock: Any,
-        owns_implicit: bool,
-    ) -> None:
-        """Attach the client state the fast path must respect."""
-        self.client = client
-        self.implicit = implicit
-        self.waiters = waiters
-        self.slow = slow
-        self.gen = gen
-        self.lock = lock
+        self.read_mode = read_mode
+        self.write_mode = write_mode
         self.owns_implicit = owns_implicit
+        self.implicit_free = owns_implicit
+        self.gen = gen
+        self.slow = slow
+        self.handoff = handoff
+        self.on_write_error = on_write_error
+        self.full_error = full_error
+        self.closed = False
+        self.acquired = 0
+        self.nwait = 0
+        self.held = 0
+        self._counts = [0] * 256
+        self._reader = (try_read, read_nowait)[read_mode] if read_mode < 2 else None
 
-    def try_acquire(self) -> Any:
-        """Client.try_acquire, fast path (see Client.try_acquire)."""
-        if self.closed or self.waiters:
-            return self.slow()
-        if self.implicit:
-            try:
-                self.implicit.pop()  # atomic: the implicit token goes out once
-            except IndexError:
-                return self.slow()
-            implicit = Token(self.client, -1, self.gen)
-            implicit._core = self
-            self.acquired += 1
-            return implicit
-        got = self.take(self.client, self.gen)
-        if got is None:
-            return None
-        if isinstance(got, int):
-            return self.slow()  # EOF: the slow path raises the proper error
+    def _new(self, b: int) -> Token:
+        tok: Token = _new_token(Token)
+        tok._hold = [self]
+        tok._byte = b
+        tok._gen = self.gen
+        if b >= 0:
+            self._counts[b] += 1
+            self.held += 1
         self.acquired += 1
-        return got
+        return tok
 
-    def take(self, client: Any, gen: int) -> Token | int | None:
-        """A Token for a byte read now, None if the pool is empty, EOF (an
-        int) when the pool is closed."""
-        r = read_nowait(self.rfd) if self.nowait else try_read(self.rfd)
+    def _read(self) -> int:
+        if self._reader is not None:
+            return int(self._reader(self.rfd))
+        if self.read_mode == READ_NONE:
+            return AGAIN
+        return int(self.transport.try_read())
+
+    def try_acquire(self) -> Token | None:
+        """Client.try_acquire (see _fastjob.Core.try_acquire)."""
+        if self.closed or self.nwait:
+            return self.slow()  # type: ignore[no-any-return]
+        old = block_signals()
+        try:
+            if self.implicit_free:
+                self.implicit_free = False
+                tok = self._new(-1)
+            elif self.read_mode == READ_NONE:
+                tok = None
+            else:
+                tok = self._take()
+        finally:
+            restore_signals(old)
+        if tok is None and self.read_mode == READ_NONE:
+            return self.slow()  # type: ignore[no-any-return]
+        return tok
+
+    def _take(self) -> Token | None:
+        r = self._read()
         if r == AGAIN:
             return None
         if r == EOF:
-            return EOF
-        tok = Token(client, r, gen)
-        tok._core = self
-        self.held[id(tok)] = r
-        return tok
+            raise self.transport.closed_error()
+        return self._new(r)
+
+    def take(self) -> Token | None:
+        """A Token for a pool byte read now, or None; JobserverClosedError
+        at EOF.  Ignores the queue (the caller is the queue's pump)."""
+        old = block_signals()
+        try:
+            return self._take()
+        finally:
+            restore_signals(old)
+
+    def take_implicit(self) -> Token | None:
+        """The implicit token if it is free, else None (ignores the queue)."""
+        old = block_signals()
+        try:
+            if self.implicit_free and not self.closed:
+                self.implicit_free = False
+                return self._new(-1)
+            return None
+        finally:
+            restore_signals(old)
+
+    def adopt(self, byte: int) -> Token:
+        """A held Token for a byte read by someone else (the reader thread)."""
+        return self._new(byte)
+
+    def _write(self, b: int) -> int:
+        mode = self.write_mode
+        if mode == WRITE_FD:
+            return try_write(self.wfd, b)
+        if mode == WRITE_NOWAIT:
+            return write_nowait(self.wfd, b)
+        t = self.transport
+        if mode == WRITE_LOCKED:
+            with t._lock:
+                fd = t._wfd
+                if fd >= 0:
+                    return try_write(fd, b)
+        t.write(b)
+        return 0
+
+    def _give(self, tok: Token) -> None:
+        """tok's record was just taken (tok._hold emptied); signals blocked."""
+        if tok._gen != self.gen:
+            return  # taken before a fork: the parent process gives it back
+        b = tok._byte
+        if b < 0:
+            if self.closed or not self.owns_implicit:
+                return
+            self.implicit_free = True
+            if self.nwait:
+                self.handoff()  # the client passes it to the oldest waiter
+            return
+        if self.closed:
+            return  # close() wrote it back already
+        try:
+            r = self._write(b)
+        except OSError as exc:
+            self._lost(tok)  # the pool is broken or gone: the byte cannot go back
+            self.on_write_error(exc)
+            raise
+        if r == AGAIN:
+            tok._hold.append(self)  # still held: a later release() may succeed
+            raise self.full_error()
+        self._lost(tok)
+
+    def _lost(self, tok: Token) -> None:
+        """Forget a pool token's record (written back, or unwritable)."""
+        b = tok._byte
+        if b >= 0 and tok._gen == self.gen and self._counts[b] > 0:
+            self._counts[b] -= 1
+            self.held -= 1
 
     def give(self, tok: Token) -> None:
-        """Release a token: a pool token's byte is written back, once; the
-        implicit token goes back to its slot (or, when tasks wait, through
-        the client's slow path, which hands it on)."""
-        if tok._byte < 0:
-            with self.lock:
-                if tok._client is None:
-                    return
-                if not (self.waiters or self.closed or tok._gen != self.gen):
-                    tok._client = None
-                    if self.owns_implicit:
-                        self.implicit.append(1)
-                    return
-            self.client._release(tok)
-            return
-        b = self.held.pop(id(tok), None)
-        tok._client = None
-        if b is None:
-            return
-        try:
-            write(self.wfd, b)
-        except OSError as exc:
-            self.on_write_error(exc)
+        """Release tok (Token.release)."""
+        tok.release()
+
+    def held_bytes(self) -> list[int]:
+        """The bytes of the pool tokens still held, forgetting them (close)."""
+        out = [b for b in range(256) for _ in range(self._counts[b])]
+        self._counts = [0] * 256
+        self.held = 0
+        return out
+
+    def after_fork(self, gen: int) -> None:
+        """In a forked child: it holds none of the parent's tokens."""
+        self.held_bytes()
+        self.gen = gen
+        self.owns_implicit = False
+        self.implicit_free = False
+        self.nwait = 0

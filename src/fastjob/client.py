@@ -1,17 +1,31 @@
-"""Client: join a pool; the implicit token, async waiters, sync acquire.
+"""Client: a thin facade over the token core and the wait glue.
 
-Waiters of one process are served first-come first-served.  On each event
-loop only the oldest waiter (the *leader*) registers a wait on the pool's fd;
-the others sleep on an Event, so many tasks cost one registration.  Under the
-"thread" strategy one reader thread per client does the (blocking) reads and
-hands each token to the oldest waiter, or straight back to the pool.
+The core (``_io.Core``: native ``_fastjob.Core`` or its pure twin) holds the
+tokens, the implicit token and the fast path.  This module holds the one
+first-come-first-served queue of waiters (threads and tasks alike, weighted
+or not) and who waits on the pool's fd for them:
+
+* on each event loop only the oldest waiter of that loop (its *leader*)
+  waits on the fd, and every Client of that fd on that loop shares that one
+  registration;
+* among threads in ``acquire_blocking`` only the oldest (the thread leader)
+  polls the fd, the others sleep on a lock of their own;
+* under the "thread" strategy one reader thread per client does the reads.
+
+Whoever reads a token hands it to the head of the queue: a weighted waiter at
+the head gathers tokens until it has all it asked for, and those behind it
+wait.  A waiter that gives up (cancelled, timed out, interrupted) hands what
+it gathered to the next waiter or back to the pool.
 """
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import errno
+import math
 import os
+import signal
 import threading
 import time
 import warnings
@@ -19,23 +33,26 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable
-
-import anyio
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from . import _backend, _io
-from ._errors import JobserverError, TokenLeakWarning
+from ._core.token import Token, TokenSet
+from ._core.transport import FifoTransport, PipeTransport, Transport
+from ._errors import JobserverClosedError, JobserverError, TokenLeakWarning
 from ._makeflags import child_environment
-from ._io import Token
-from ._core.transport import PipeTransport, Transport
 
-__all__ = ["Client", "ClientStatistics", "Token"]
+if TYPE_CHECKING:
+    import anyio
+
+__all__ = ["Client", "ClientStatistics", "Token", "TokenSet"]
 
 _fork_generation = 0
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 # Which live client of this process owns the implicit token of a pool.
 _implicit_claims: dict[object, weakref.ref[Client]] = {}
 _claims_lock = threading.Lock()
+_block_signals = _io.block_signals
+_restore_signals = _io.restore_signals
 
 
 @dataclass(frozen=True)
@@ -49,42 +66,67 @@ class ClientStatistics:
     wait_strategy: str
 
 
+def _check_timeout(timeout: object) -> float | None:
+    """None, or the timeout as a float; ValueError for NaN and non-numbers."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ValueError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    t = float(timeout)
+    if math.isnan(t):
+        raise ValueError("timeout must be a number of seconds or None, not NaN")
+    return None if t == math.inf else t
+
+
 class _LoopState:
     """Per event loop: its waiters in order, and the leader's wait scope."""
 
     __slots__ = ("queue", "leader", "scope")
 
     def __init__(self) -> None:
-        self.queue: deque[_Waiter] = deque()
+        self.queue: deque[weakref.ref[_Waiter]] = deque()
         self.leader: _Waiter | None = None
         self.scope: anyio.CancelScope | None = None
 
+    def first(self, skip: _Waiter | None = None) -> _Waiter | None:
+        for ref in self.queue:
+            w = ref()
+            if w is not None and not w.gone and w is not skip:
+                return w
+        return None
+
 
 class _Waiter:
-    __slots__ = ("token", "error", "event", "state", "thread", "call", "wake_fd", "tevent", "gone")
+    """One acquire waiting in the queue for ``need`` slots."""
 
-    def __init__(self) -> None:
-        self.gone = False  # unlinked from the queues (lazily dropped)
-        self.token: Token | None = None
+    __slots__ = (
+        "need", "got", "done", "gone", "error", "lock", "event", "state", "thread", "call",
+        "ref", "__weakref__",
+    )
+
+    def __init__(self, need: int) -> None:
+        self.need = need
+        self.got: list[Token] = []
+        self.done = False  # has all it needs (and is out of the queue)
+        self.gone = True  # not (or no longer) in the queue
         self.error: BaseException | None = None
-        self.event: anyio.Event | None = None
+        self.lock: Any = None  # thread waiter: a held lock, released to wake it
+        self.event: anyio.Event | None = None  # task waiter
         self.state: _LoopState | None = None
         self.thread = 0
         self.call: Callable[[Callable[[], Any]], Any] | None = None
-        self.wake_fd = -1
-        self.tevent: threading.Event | None = None
+        self.ref: weakref.ref[_Waiter] | None = None
 
     def wake(self) -> None:
-        """Wake the waiter from any thread (it checks token and error)."""
-        if self.tevent is not None:
-            self.tevent.set()
-        elif self.wake_fd >= 0:
+        """Wake the waiter from any thread (it checks done and error)."""
+        lock = self.lock
+        if lock is not None:
             try:
-                os.write(self.wake_fd, b"w")
-            except OSError:
-                pass
+                lock.release()
+            except RuntimeError:
+                pass  # woken already, not yet looked
         elif self.call is not None:
-            if threading.get_ident() == self.thread:
+            if _thread.get_ident() == self.thread:
                 self.wake_in_loop()
             else:
                 try:
@@ -100,33 +142,29 @@ class _Waiter:
             st.scope.cancel()
 
 
-class _WakePipe:
-    """A thread's own pipe for waking it from acquire_blocking (one per
-    thread, reused: no pipe()/close() per wait)."""
+class _FdWatch:
+    """One wait registration per fd per event loop: the first waiter on an fd
+    registers it, the others (other Clients of the same shared fd) wait for
+    it to return (anyio allows one waiter per fd)."""
 
-    __slots__ = ("r", "w")
+    watches: dict[tuple[object, int], anyio.Event] = {}
 
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-        os.set_blocking(self.r, False)
-        os.set_blocking(self.w, False)
+    @classmethod
+    async def wait_readable(cls, key: object, fd: int) -> None:
+        import anyio
 
-    def __del__(self) -> None:
-        for fd in (self.r, self.w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-_thread_state = threading.local()
-
-
-def _thread_wake_pipe() -> _WakePipe:
-    pipe: _WakePipe | None = getattr(_thread_state, "pipe", None)
-    if pipe is None:
-        pipe = _thread_state.pipe = _WakePipe()
-    return pipe
+        k = (key, fd)
+        ev = cls.watches.get(k)
+        if ev is not None:
+            await ev.wait()
+            return
+        ev = cls.watches[k] = anyio.Event()
+        try:
+            await anyio.wait_readable(fd)
+        finally:
+            if cls.watches.get(k) is ev:
+                del cls.watches[k]
+            ev.set()
 
 
 class Client:
@@ -137,6 +175,8 @@ class Client:
     (``implicit_token=True``, the default) without touching the pool.
     """
 
+    _closed = True  # until __init__ has opened everything (for __del__)
+
     def __init__(
         self,
         transport: Transport,
@@ -146,47 +186,68 @@ class Client:
         source: str = "",
     ) -> None:
         self._t = transport
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._jobs = jobs
         self._source = source
-        self._held: dict[int, int] = {}
-        self._waiters: deque[_Waiter] = deque()
-        self._nwaiting = 0
+        # The queue holds weak references: a waiter whose owner was unwound
+        # by a signal handler's exception before it could leave the queue
+        # (its cleanup interrupted too) is dropped when it reaches the head,
+        # and the slots it gathered come back when it is collected.
+        self._queue: deque[weakref.ref[_Waiter]] = deque()
+        self._pending: set[weakref.ref[_Waiter]] = set()
+        # Waiters served but not yet resumed: the fast path still defers to
+        # them, so a newcomer cannot run before a waiter served earlier.
+        self._resuming: set[weakref.ref[_Waiter]] = set()
+        self._nwait = 0
         self._loops: dict[object, _LoopState] = {}
-        self._acquired = 0
-        self._closed = False
+        self._dead: JobserverError | None = None
+        self._tleader_ref: weakref.ref[_Waiter] | None = None
+        self._wake: tuple[int, int] | None = None
         self._gen = _fork_generation
-        self._reader: _Reader | None = None
         self._pool_key = transport.identity()
-        self._read = transport.try_read
-        self._write = transport.write
-        self._slow_read = not transport.nonblocking_read
-        # The implicit token, when free, is the one item of this list: pop()
-        # and append() are atomic, so taking it needs no lock.
         self._owns_implicit = implicit_token and self._claim_implicit()
-        self._implicit: list[int] = [1] if self._owns_implicit else []
-        self._core: Any = None
-        if isinstance(transport, PipeTransport) and transport.nonblocking_read:
-            self._core = _io.PoolCore(
-                transport.read_fd,
-                transport.shared_write_fd,
-                transport.strategy == "rwf-nowait",
-                self._held,
-                self._on_write_error,
-            )
-            self._core.bind(
-                self,
-                self._implicit,
-                self._waiters,
-                self._try_acquire_slow,
-                self._gen,
-                self._lock,
-                self._owns_implicit,
-            )
-            self.try_acquire = self._core.try_acquire  # type: ignore[method-assign]
-        if transport.strategy == "thread":
-            self._reader = _Reader(self)
+        rfd, wfd, read_mode, write_mode = self._io_modes(transport)
+        self._read_mode = read_mode
+        self._core = _io.Core(
+            transport,
+            rfd,
+            wfd,
+            read_mode,
+            write_mode,
+            self._owns_implicit,
+            self._gen,
+            self._slow_try,
+            self._implicit_freed,
+            self._on_write_error,
+            self._full_error,
+        )
+        # The whole fast path is one call into the core.
+        self.try_acquire = self._core.try_acquire  # type: ignore[method-assign]
+        self._try_loop: Callable[[], Token | None] = (
+            self._try_now if read_mode == _io.READ_NONE else self._core.try_acquire
+        )
+        self._reader = _Reader(self) if transport.strategy == "thread" else None
+        self._closed = False
         _live_clients.add(self)
+
+    @staticmethod
+    def _io_modes(t: Transport) -> tuple[int, int, int, int]:
+        """(read fd, write fd, read mode, write mode) of the core for t."""
+        if isinstance(t, PipeTransport):
+            if t.strategy == "rwf-nowait":
+                read_mode = _io.READ_NOWAIT
+            elif t.nonblocking_read:
+                read_mode = _io.READ_FD
+            else:
+                read_mode = _io.READ_NONE
+            # The write end is shared (and usually blocking): write without
+            # ever blocking, without touching its flags.
+            return t.read_fd, t.shared_write_fd, read_mode, _io.WRITE_NOWAIT
+        if isinstance(t, FifoTransport) and hasattr(t, "_lock") and hasattr(t, "_wfd"):
+            # our own O_NONBLOCK descriptors; the writer is reopened by the
+            # liveness check, so the core takes it under the transport's lock
+            return t.read_fd, -1, _io.READ_FD, _io.WRITE_LOCKED
+        return t.read_fd, -1, _io.READ_PY, _io.WRITE_PY
 
     # -- the implicit token ---------------------------------------------------
     def _claim_implicit(self) -> bool:
@@ -198,128 +259,461 @@ class Client:
             _implicit_claims[self._pool_key] = weakref.ref(self)
             return True
 
-    # -- sync API -----------------------------------------------------------
+    # -- errors ------------------------------------------------------------------
+    def _on_write_error(self, exc: OSError) -> None:
+        if exc.errno in (errno.EPIPE, errno.EBADF, errno.ENXIO):
+            raise self._t.closed_error() from None
+
+    def _full_error(self) -> JobserverError:
+        return JobserverError(
+            f"cannot give a token back: the jobserver pool ({self._t.describe()}) is full "
+            "(another process wrote more tokens than it took). The token is still held; "
+            "release() it again once the pool has room"
+        )
+
+    def _closed_error(self) -> JobserverError:
+        return JobserverError("this fastjob Client is closed; create a new one")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise self._closed_error()
+        if self._dead is not None:
+            raise self._dead
+
+    # -- non-blocking acquire ------------------------------------------------------
     def try_acquire(self) -> Token | None:
         """A token if one is free right now (implicit first), else None.
         Never waits for a token to be released.  Returns None while other
         tasks or threads of this process are queued: they are served first.
         (Under the "thread" strategy on a blocking shared pipe, the macOS
         case, it may wait up to 50 ms for the reader thread to fetch a token
-        that FIONREAD shows is there.)"""
-        # Pipe pools replace this method per instance by PoolCore.try_acquire
-        # (native): the same logic with the read in C.
-        return self._try_acquire_slow()
+        that FIONREAD shows is there; ``await acquire()`` never does.)"""
+        # Replaced per instance by the core's try_acquire (see __init__),
+        # which calls _slow_try when it cannot decide alone.
+        return self._core.try_acquire()
 
-    def _on_write_error(self, exc: OSError) -> None:
-        if exc.errno in (errno.EPIPE, errno.EBADF):
-            raise self._t.closed_error() from None
-        raise exc
-
-    def _take_implicit(self) -> Token | None:
-        """The implicit token if it is free and nobody queues before us."""
-        if self._implicit and not self._waiters:
-            try:
-                self._implicit.pop()  # atomic: only one caller gets it
-            except IndexError:
-                return None  # another thread took it just now
-            self._acquired += 1
-            return Token(self, -1, self._gen)
-        return None
-
-    def _try_acquire_slow(self) -> Token | None:
-        if self._closed:
-            raise self._closed_error()
-        tok = self._take_implicit()
+    def _slow_try(self) -> Token | None:
+        self._check_open()
+        if self._queued():
+            return None  # first come, first served: queued waiters go first
+        tok = self._core.take_implicit()
         if tok is not None:
             return tok
-        if self._waiters:
-            return None  # first come, first served: queued waiters go first
-        if self._slow_read:
+        if self._read_mode == _io.READ_NONE:
             assert self._reader is not None
             return self._reader.try_get()
-        b = self._read()
-        if b < 0:
-            return None
-        return self._adopt(b)
+        return self._take()
 
-    def _adopt(self, b: int) -> Token:
-        """Wrap a byte just read from the pool in a held Token."""
-        tok = Token(self, b, self._gen)
-        self._held[id(tok)] = b
-        self._acquired += 1
+    def _try_now(self) -> Token | None:
+        """try_acquire that never waits, also under the "thread" strategy
+        (for event loops)."""
+        self._check_open()
+        if self._queued():
+            return None
+        tok = self._core.take_implicit()
+        if tok is None and self._read_mode != _io.READ_NONE:
+            tok = self._take()
         return tok
 
+    def _take(self) -> Token | None:
+        """core.take(); a dead pool fails every waiter, present and future."""
+        try:
+            return self._core.take()
+        except JobserverClosedError as exc:
+            self._fail(exc)
+            raise
+
+    def try_acquire_up_to(self, n: int) -> TokenSet:
+        """Up to ``n`` slots that are free right now (the implicit one counts
+        as one), without waiting: possibly none (an empty TokenSet)."""
+        n = self._check_weight(n, "n", limit=False)
+        old = _block_signals()
+        try:
+            with self._lock:
+                self._check_open()
+                got: list[Token] = []
+                if not self._queued():
+                    self._top_up(got, n)
+                ts = TokenSet(got)
+        finally:
+            _restore_signals(old)
+        return ts
+
+    def _top_up(self, got: list[Token], n: int) -> None:
+        """Add what is free now to got, up to n (caller holds the lock)."""
+        while len(got) < n:
+            tok = self._core.take_implicit()
+            if tok is None and self._read_mode != _io.READ_NONE:
+                try:
+                    tok = self._take()
+                except BaseException:
+                    for t in got:
+                        t.release()
+                    got.clear()
+                    raise
+            if tok is None:
+                return
+            got.append(tok)
+
+    def _check_weight(self, n: object, name: str, *, limit: bool = True) -> int:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"{name} must be an int, not {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"{name} must be at least 1, not {n}")
+        if limit and self._jobs is not None and n > self._jobs:
+            raise ValueError(
+                f"{name}={n} slots can never be free at once: the pool has only "
+                f"{self._jobs} (-j{self._jobs}); ask for at most {self._jobs}"
+            )
+        return n
+
+    # -- the queue (every change under self._lock, with signals blocked) ------------
+    @property
+    def _tleader(self) -> _Waiter | None:
+        ref = self._tleader_ref
+        return None if ref is None else ref()
+
+    def _count(self) -> None:
+        self._nwait = len(self._pending)
+        self._core.nwait = self._nwait + len(self._resuming)
+
+    def _queued(self) -> bool:
+        """True when live waiters queue or were served and have not resumed
+        yet (dropping dead ones)."""
+        if not self._core.nwait:
+            return False
+        with self._lock:
+            self._prune()
+            if self._resuming:
+                self._resuming = {r for r in self._resuming if r() is not None}
+            self._count()
+            return bool(self._core.nwait)
+
+    def _resumed(self, w: _Waiter) -> None:
+        """w runs again (served, or giving up)."""
+        if w.ref is not None and w.ref in self._resuming:
+            with self._lock:
+                self._resuming.discard(w.ref)
+                self._count()
+
+    def _register(self, w: _Waiter) -> bool:
+        """Queue w; True when it got all it needs at once (it is then not
+        queued).  Nobody queued before it: it takes what is free now."""
+        with self._lock:
+            self._check_open()
+            if not self._queued():
+                self._top_up(w.got, w.need)
+                if len(w.got) >= w.need:
+                    w.done = True
+                    return True
+            w.gone = False
+            ref = w.ref = weakref.ref(w)
+            self._queue.append(ref)
+            self._pending.add(ref)
+            self._count()
+            if w.state is not None:
+                w.state.queue.append(ref)
+        return False
+
+    def _prune(self) -> None:
+        """Drop the gone and the dead from the head of the queue (caller
+        holds the lock), so that a queue's head is always live."""
+        q = self._queue
+        while q:
+            ref = q[0]
+            w = ref()
+            if w is not None and not w.gone:
+                break
+            q.popleft()
+            if w is None and ref in self._pending:
+                self._pending.discard(ref)  # its owner vanished mid-cleanup
+                self._count()
+
+    def _unlink(self, w: _Waiter) -> None:
+        """Remove w from the queues in O(1): marked gone and dropped when it
+        reaches the head."""
+        if w.gone:
+            return
+        w.gone = True
+        self._pending.discard(w.ref)
+        self._count()
+        self._prune()
+        st = w.state
+        if st is not None:
+            sq = st.queue
+            while sq:
+                x = sq[0]()
+                if x is not None and not x.gone:
+                    break
+                sq.popleft()
+
+    def _live_waiters(self) -> list[_Waiter]:
+        out = []
+        for ref in self._queue:
+            w = ref()
+            if w is not None and not w.gone:
+                out.append(w)
+        return out
+
+    def _deliver(self, tok: Token) -> tuple[bool, _Waiter | None]:
+        """Give tok to the head of the queue (caller holds the lock):
+        (False, None) when nobody waits; else (True, the waiter to wake when
+        it now has all it needs)."""
+        self._prune()
+        q = self._queue
+        if not q or self._closed:
+            return False, None
+        w = q[0]()
+        assert w is not None
+        w.got.append(tok)
+        if len(w.got) >= w.need:
+            w.done = True
+            self._unlink(w)
+            self._resuming.add(w.ref)  # type: ignore[arg-type]
+            self._count()
+            return True, w
+        return True, None
+
+    def _place(self, tok: Token) -> None:
+        """A token nobody holds: to the oldest waiter, else back to the pool."""
+        with self._lock:
+            taken, w = self._deliver(tok)
+        if not taken:
+            tok.release()
+        elif w is not None:
+            self._wake_waiter(w)
+
+    def _pump(self) -> bool:
+        """Read one token for the queue; False when the pool had none."""
+        old = _block_signals()
+        try:
+            with self._lock:
+                tok = self._take()
+                if tok is None:
+                    return False
+                taken, w = self._deliver(tok)
+            if not taken:
+                tok.release()
+            elif w is not None:
+                self._wake_waiter(w)
+            return True
+        finally:
+            _restore_signals(old)
+
+    def _implicit_freed(self) -> None:
+        """The core freed the implicit token while waiters queue: hand it on."""
+        old = _block_signals()
+        try:
+            with self._lock:
+                if not self._nwait:
+                    return
+                tok = self._core.take_implicit()
+                if tok is None:
+                    return
+                taken, w = self._deliver(tok)
+            if not taken:
+                tok.release()
+            elif w is not None:
+                self._wake_waiter(w)
+        finally:
+            _restore_signals(old)
+
+    def _abandon(self, w: _Waiter) -> None:
+        """w gave up (cancelled, timed out, failed): its slots go on."""
+        old = _block_signals()
+        try:
+            wake: list[_Waiter] = []
+            back: list[Token] = []
+            with self._lock:
+                self._unlink(w)
+                if w.ref is not None:
+                    self._resuming.discard(w.ref)
+                    self._count()
+                got, w.got = w.got, []
+                w.done = False
+                for tok in got:
+                    taken, x = self._deliver(tok)
+                    if not taken:
+                        back.append(tok)
+                    elif x is not None:
+                        wake.append(x)
+                if self._tleader is w:
+                    self._pass_thread_lead()
+            for tok in back:
+                try:
+                    tok.release()
+                except JobserverError:
+                    pass  # the pool is gone: nothing to give back to
+            for x in wake:
+                self._wake_waiter(x)
+        finally:
+            _restore_signals(old)
+
+    def _fail(self, error: JobserverError) -> None:
+        """The pool is dead: every waiter, present and future, gets error."""
+        with self._lock:
+            if self._dead is None:
+                self._dead = error
+            waiters = self._live_waiters()
+            for w in waiters:
+                w.error = error
+                self._unlink(w)
+        for w in waiters:
+            self._wake_waiter(w)
+
+    def _wake_waiter(self, w: _Waiter) -> None:
+        w.wake()
+        if w is self._tleader:
+            self._kick_thread_leader()
+
+    # -- blocking acquire (threads) ---------------------------------------------------
     def acquire_blocking(self, timeout: float | None = None) -> Token:
         """Wait in this thread (GIL released) for a token; TimeoutError after
-        ``timeout`` seconds."""
+        ``timeout`` seconds.  Ctrl-C (any signal handler that raises)
+        interrupts the wait."""
+        t = _check_timeout(timeout)
         tok = self.try_acquire()
         if tok is not None:
             return tok
-        if timeout is not None and timeout <= 0:
+        if t is not None and t <= 0:
             raise TimeoutError("no jobserver token is free now (timeout=0)")
+        return self._blocking(1, t)[0]
+
+    def acquire_many_blocking(self, n: int, timeout: float | None = None) -> TokenSet:
+        """Wait in this thread for ``n`` slots at once (the implicit one counts
+        as one); TimeoutError after ``timeout`` seconds, with every slot
+        gathered meanwhile handed on."""
+        n = self._check_weight(n, "n")
+        t = _check_timeout(timeout)
+        return TokenSet(self._blocking(n, t, fail_now=t is not None and t <= 0))
+
+    def _blocking(self, need: int, timeout: float | None, fail_now: bool = False) -> list[Token]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        w = _Waiter()
-        wake_r = -1
-        if self._reader is not None:
-            w.tevent = threading.Event()
-        else:
-            pipe = _thread_wake_pipe()
-            wake_r, w.wake_fd = pipe.r, pipe.w
-            _io.drain(wake_r, 64)  # a late wake meant for an earlier wait
-        tok = self._register(w)
-        if tok is not None:
-            return tok
+        w = _Waiter(need)
+        lock = _thread.allocate_lock()
+        lock.acquire()
+        w.lock = lock
         try:
+            old = _block_signals()
+            try:
+                if self._reader is None:
+                    self._wake_pipe()  # before queueing: a failure here is one clean error
+                if self._register(w):
+                    return w.got
+                if fail_now:
+                    raise TimeoutError("the jobserver slots are not free now (timeout=0)")
+            finally:
+                _restore_signals(old)
             if self._reader is not None:
-                return self._wait_thread(w, deadline)
-            return self._wait_poll(w, wake_r, deadline)
+                self._reader.kick()
+            self._wait_thread(w, deadline)
+            self._resumed(w)
+            return w.got
         except BaseException:
             self._abandon(w)
             raise
 
-    def _wait_thread(self, w: _Waiter, deadline: float | None) -> Token:
-        assert self._reader is not None and w.tevent is not None
-        self._reader.kick()
+    def _wake_pipe(self) -> tuple[int, int]:
+        with self._lock:
+            if self._wake is None:
+                try:
+                    r, wr = os.pipe()
+                except OSError as exc:
+                    raise JobserverError(
+                        f"cannot wait for a jobserver token: no file descriptor is free for "
+                        f"the wake-up pipe ({exc.strerror}); close some files or raise "
+                        "the limit (ulimit -n)"
+                    ) from None
+                os.set_blocking(r, False)
+                os.set_blocking(wr, False)
+                self._wake = (r, wr)
+            return self._wake
+
+    def _kick_thread_leader(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            try:
+                os.write(wake[1], b"w")
+            except OSError:
+                pass
+        cancel = getattr(self._t, "cancel_waits", None)
+        if cancel is not None:
+            cancel()
+
+    def _pass_thread_lead(self) -> None:
+        """The thread leader leaves: the next thread waiter leads (caller
+        holds the lock)."""
+        self._tleader_ref = None
+        for x in self._live_waiters():
+            if x.lock is not None:
+                x.wake()
+                return
+
+    def _wait_thread(self, w: _Waiter, deadline: float | None) -> None:
+        t = self._t
+        interval = t.liveness_interval
+        wait_token = getattr(t, "wait_token", None)
         while True:
-            if w.token is not None:
-                return w.token
+            if w.done:
+                return
             if w.error is not None:
                 raise w.error
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("no jobserver token became free in time")
-            w.tevent.wait(remaining)
-            w.tevent.clear()
+            if self._reader is None:
+                with self._lock:
+                    if self._tleader is None and not w.gone:
+                        self._tleader_ref = w.ref
+            if self._tleader is not w:
+                w.lock.acquire(True, -1 if remaining is None else remaining)
+                continue
+            try:
+                self._lead_thread(w, remaining, interval, wait_token)
+            except JobserverError as exc:
+                self._fail(exc)
+                raise
+            finally:
+                if w.done or w.error is not None:
+                    with self._lock:
+                        if self._tleader is w:
+                            self._pass_thread_lead()
+                            self._close_wake_if_closed()
 
-    def _wait_poll(self, w: _Waiter, wake_r: int, deadline: float | None) -> Token:
+    def _lead_thread(
+        self, w: _Waiter, remaining: float | None, interval: float | None, wait_token: Any
+    ) -> None:
+        """One round of the thread leader: wait for the pool and read."""
         t = self._t
-        interval = t.liveness_interval
-        last_check = time.monotonic()
-        while True:
-            if w.token is not None:
-                return w.token
-            if w.error is not None:
-                raise w.error
-            now = time.monotonic()
-            remaining = None if deadline is None else deadline - now
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError("no jobserver token became free in time")
-            wait_for = remaining
-            if interval is not None:
-                wait_for = interval if wait_for is None else min(wait_for, interval)
-            r = _io.wait_readable(t.read_fd, wake_r, wait_for)
-            if r == 1:
-                b = t.try_read()
-                if b >= 0:
-                    self._take_for(w, self._adopt(b))
-            elif r == 2:
-                _io.drain(wake_r, 64)
-            if interval is not None and time.monotonic() - last_check >= interval:
-                last_check = time.monotonic()
-                if w.token is None:
-                    t.check_alive()
+        wait_for = remaining
+        if interval is not None:
+            wait_for = interval if wait_for is None else min(wait_for, interval)
+        if wait_token is not None:
+            # Windows semaphore: the transport's own interruptible wait
+            if wait_token(wait_for):
+                self._place(self._core.adopt(ord("+")))
+            return
+        assert self._wake is not None
+        wake_r = self._wake[0]
+        started = time.monotonic()
+        r = _io.wait_readable(t.read_fd, wake_r, wait_for)
+        if r == 1:
+            self._pump()
+        elif r == 2:
+            _io.drain(wake_r, 64)
+        elif interval is not None and time.monotonic() - started >= interval and not w.done:
+            t.check_alive()
 
-    # -- async API ----------------------------------------------------------
+    def _close_wake_if_closed(self) -> None:
+        if self._closed and self._wake is not None and self._tleader is None:
+            for fd in self._wake:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wake = None
+
+    # -- async acquire --------------------------------------------------------
     async def acquire(self) -> Token:
         """Wait for a token without blocking the event loop.
 
@@ -331,54 +725,99 @@ class Client:
             import trio
 
             await trio.lowlevel.checkpoint_if_cancelled()
-            tok = self._try_on_loop()
+            tok = self._try_loop()
             if tok is not None:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return tok
         else:
-            tok = self._try_on_loop()
+            tok = self._try_loop()
             if tok is not None:
                 return tok
-        return await self._acquire_slow()
+        return (await self._wait_async(1))[0]
 
-    def _try_on_loop(self) -> Token | None:
-        """try_acquire for an event loop: on a blocking description only the
-        implicit token, since the reader thread hand-off (Reader.try_get)
-        waits up to 50 ms, which must not happen on the loop."""
-        if self._slow_read and not (self._implicit and not self._waiters):
-            return None
-        return self.try_acquire()
+    def acquire_many(self, n: int) -> _Acquiring:
+        """``ts = await client.acquire_many(n)``: a TokenSet of ``n`` slots
+        (the implicit one counts as one), first come first served with the
+        other waiters: at the head of the queue it gathers tokens as they come
+        while those behind it wait.  Cancellation hands every gathered slot
+        on.  ValueError when ``n`` exceeds the pool's known size.  Also
+        ``async with client.acquire_many(n) as ts:``."""
+        n = self._check_weight(n, "n")
+        return _Acquiring(self, n, n)
+
+    def acquire_up_to(self, n: int, min: int = 1) -> _Acquiring:  # noqa: A002 - the API name
+        """``ts = await client.acquire_up_to(n, min=1)``: wait for ``min``
+        slots, then take whatever else is free right now, up to ``n`` in all,
+        without waiting further (elastic jobs: threads where the build has
+        room).  Also ``async with client.acquire_up_to(n) as ts:``."""
+        n = self._check_weight(n, "n", limit=False)
+        if isinstance(min, bool) or not isinstance(min, int):
+            raise TypeError(f"min must be an int, not {type(min).__name__}")
+        if not 0 <= min <= n:
+            raise ValueError(f"min must be between 0 and n={n}, not {min}")
+        if min:
+            self._check_weight(min, "min")
+        return _Acquiring(self, min, n)
+
+    async def _gather(self, need: int, up_to: int) -> TokenSet:
+        got: list[Token] = []
+        if need:
+            if _backend.is_trio():
+                import trio
+
+                await trio.lowlevel.checkpoint_if_cancelled()
+            got = await self._wait_async(need)
+        if len(got) < up_to:
+            old = _block_signals()
+            try:
+                with self._lock:
+                    if not self._queued() and not self._closed:
+                        self._top_up(got, up_to)
+            finally:
+                _restore_signals(old)
+        return TokenSet(got)
 
     def token(self) -> _TokenContext:
         """``async with client.token() as tok:`` acquire, run, release
         (also on error and cancellation)."""
         return _TokenContext(self)
 
-    async def _acquire_slow(self) -> Token:
+    async def _wait_async(self, need: int) -> list[Token]:
+        import anyio
+
         key, call, thread = _backend.loop_handle()
         st = self._loops.get(key)
         if st is None:
             st = self._loops.setdefault(key, _LoopState())
-        w = _Waiter()
+        w = _Waiter(need)
         w.event = anyio.Event()
         w.state = st
         w.thread = thread
         w.call = call
-        tok = self._register(w)
-        if tok is not None:
-            return tok
         try:
+            old = _block_signals()
+            try:
+                done = self._register(w)
+            finally:
+                _restore_signals(old)
+            if done:
+                if _backend.is_trio():
+                    import trio
+
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return w.got
             if self._reader is not None:
                 self._reader.kick()
-            while w.token is None:
+            while not w.done:
                 if w.error is not None:
                     raise w.error
-                if self._reader is None and st.leader is None and st.queue and st.queue[0] is w:
-                    await self._lead(w, st)
+                if self._reader is None and st.leader is None and st.first() is w:
+                    await self._lead(w, st, key)
                 else:
                     await w.event.wait()
                     w.event = anyio.Event()
-            return w.token
+            self._resumed(w)
+            return w.got
         except BaseException:
             self._abandon(w)
             raise
@@ -386,147 +825,41 @@ class Client:
             if not st.queue and st.leader is None and self._loops.get(key) is st:
                 del self._loops[key]  # no waiter of this loop left: forget it
 
-    async def _lead(self, w: _Waiter, st: _LoopState) -> None:
+    async def _lead(self, w: _Waiter, st: _LoopState, key: object) -> None:
         """The oldest waiter of a loop waits on the fd for all of them."""
+        import anyio
+
         t = self._t
         interval = t.liveness_interval
         st.leader = w
         try:
-            while w.token is None and w.error is None:
-                b = t.try_read()
-                if b >= 0:
-                    self._take_for(w, self._adopt(b))
-                    return
+            while not w.done and w.error is None:
+                if self._pump():
+                    continue
                 with anyio.CancelScope() as scope:
                     st.scope = scope
-                    if w.token is not None:
+                    if w.done:
                         return
                     if interval is None:
-                        await anyio.wait_readable(t.read_fd)
+                        await _FdWatch.wait_readable(key, t.read_fd)
                     else:
                         with anyio.move_on_after(interval) as timer:
-                            await anyio.wait_readable(t.read_fd)
+                            await _FdWatch.wait_readable(key, t.read_fd)
                         if timer.cancelled_caught:
                             t.check_alive()
                 st.scope = None
         except JobserverError as exc:
             # The pool is dead (EOF, owner gone) for every waiter, not just us.
             st.scope = None
-            self._fail_waiters(exc)
+            self._fail(exc)
             raise
         finally:
             st.leader = None
             st.scope = None
-            # Hand the lead on, also when we leave by cancellation or error
-            # (we are still queued then: skip ourselves).
-            nxt = next((x for x in st.queue if x is not w and not x.gone), None)
+            # Hand the lead on, also when we leave by cancellation or error.
+            nxt = st.first(skip=w)
             if nxt is not None:
                 nxt.wake_in_loop()
-
-    # -- waiter bookkeeping (all under self._lock) ----------------------------
-    def _register(self, w: _Waiter) -> Token | None:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            tok = self._take_implicit()
-            if tok is not None:
-                return tok
-            self._waiters.append(w)
-            self._nwaiting += 1
-            if w.state is not None:
-                w.state.queue.append(w)
-        return None
-
-    def _unlink(self, w: _Waiter) -> None:
-        """Remove w from the queues in O(1): it is marked gone and dropped
-        when it reaches the head, so the head of a queue is always live (and
-        a non-empty queue means someone waits)."""
-        if w.gone:
-            return
-        w.gone = True
-        self._nwaiting -= 1
-        q = self._waiters
-        while q and q[0].gone:
-            q.popleft()
-        st = w.state
-        if st is not None:
-            sq = st.queue
-            while sq and sq[0].gone:
-                sq.popleft()
-
-    def _take_for(self, w: _Waiter, tok: Token) -> None:
-        """tok was read for w; if w got a token meanwhile, pass tok on."""
-        with self._lock:
-            if w.token is None and w.error is None:
-                w.token = tok
-                self._unlink(w)
-                return
-        self._dispatch(tok)
-
-    def _abandon(self, w: _Waiter) -> None:
-        """w gave up (cancelled, timed out, failed): pass on what it got."""
-        with self._lock:
-            self._unlink(w)
-            tok, w.token = w.token, None
-        if tok is not None:
-            self._dispatch(tok)
-
-    def _dispatch(self, tok: Token) -> None:
-        """A token nobody holds: to the oldest waiter, else back to the pool."""
-        with self._lock:
-            if self._waiters and not self._closed:
-                w = self._waiters[0]
-                self._unlink(w)
-                w.token = tok
-            else:
-                w = None
-                self._acquired -= 1  # counted when read, but nobody got it
-        if w is not None:
-            w.wake()
-        else:
-            tok.release()
-
-    def _release(self, tok: Token, quiet: bool = False) -> None:
-        if tok._byte >= 0:
-            # dict.pop is atomic: exactly one caller gets the byte to write
-            b = self._held.pop(id(tok), None)
-            tok._client = None
-            if b is None:
-                return  # released already, returned by close(), or pre-fork
-            try:
-                self._write(b)
-            except (OSError, JobserverError):
-                if not quiet:
-                    raise
-            return
-        with self._lock:
-            if tok._client is None:
-                return
-            tok._client = None
-            if tok._gen != self._gen:
-                return  # taken before a fork: the parent process returns it
-            if self._waiters and not self._closed:
-                w = self._waiters[0]
-                self._unlink(w)
-                w.token = Token(self, -1, self._gen)
-                self._acquired += 1
-            else:
-                if self._owns_implicit and not self._closed:
-                    self._implicit.append(1)
-                return
-        w.wake()
-
-    def _fail_waiters(self, error: BaseException) -> None:
-        with self._lock:
-            waiters = [w for w in self._waiters if not w.gone]
-            for w in waiters:
-                w.error = error
-                self._unlink(w)
-        for w in waiters:
-            w.wake()
-
-    def _closed_error(self) -> JobserverError:
-        return JobserverError("this fastjob Client is closed; create a new one")
 
     # -- information ---------------------------------------------------------
     def available(self) -> int | None:
@@ -559,17 +892,19 @@ class Client:
     def statistics(self) -> ClientStatistics:
         """Tokens held, implicit held, tasks waiting, total acquired, strategy."""
         with self._lock:
-            implicit_held = self._owns_implicit and not self._implicit and not self._closed
+            core = self._core
+            implicit_held = self._owns_implicit and not core.implicit_free and not self._closed
             return ClientStatistics(
-                tokens_held=len(self._held) + int(implicit_held),
+                tokens_held=core.held + int(implicit_held),
                 implicit_held=implicit_held,
-                tasks_waiting=self._nwaiting,
-                tokens_acquired=self._acquired + (self._core.acquired if self._core else 0),
+                tasks_waiting=self._nwait,
+                tokens_acquired=core.acquired,
                 wait_strategy=self._t.strategy,
             )
 
     @property
     def closed(self) -> bool:
+        """True once close() ran."""
         return self._closed
 
     # -- lifetime --------------------------------------------------------------
@@ -586,32 +921,50 @@ class Client:
             )
 
     def _shutdown(self) -> int:
-        with self._lock:
-            if self._closed:
-                return 0
-            self._closed = True
-            if self._core is not None:
-                self._core.closed = True
-            held = list(self._held.values())
-            self._held.clear()
-            waiters = [w for w in self._waiters if not w.gone]
+        old = _block_signals()
+        try:
+            with self._lock:
+                if self._closed:
+                    return 0
+                self._closed = True
+                core = self._core
+                core.closed = True
+                held = core.held_bytes()
+                core.implicit_free = False
+                waiters = self._live_waiters()
+                for w in waiters:
+                    self._unlink(w)
+                    w.error = self._closed_error()
             for w in waiters:
-                self._unlink(w)
-            self._implicit.clear()
-        error = self._closed_error()
-        for w in waiters:
-            w.error = error
-            w.wake()
-        for b in held:
-            try:
-                self._t.write(b)
-            except (OSError, JobserverError):
-                pass
-        if self._reader is not None:
-            self._reader.stop()
-        self._t.close()
-        _live_clients.discard(self)
-        return len(held)
+                self._wake_waiter(w)
+            for b in held:
+                try:
+                    self._t.write(b)
+                except (OSError, JobserverError):
+                    pass
+            if self._reader is not None:
+                self._reader.stop()
+            with self._lock:
+                self._close_wake_if_closed()
+            self._t.close()
+            _live_clients.discard(self)
+            return len(held)
+        finally:
+            _restore_signals(old)
+
+    def __del__(self) -> None:
+        if self._closed:
+            return
+        what = repr(self)
+        leaked = self._shutdown()  # first: a warning turned into an error must not skip it
+        warnings.warn(f"fastjob: unclosed {what}; close() it", ResourceWarning, stacklevel=2)
+        if leaked:
+            warnings.warn(
+                f"fastjob: {leaked} token(s) still held when {what} was garbage collected; "
+                "they were returned to the pool",
+                TokenLeakWarning,
+                stacklevel=2,
+            )
 
     def __enter__(self) -> Client:
         return self
@@ -633,20 +986,55 @@ class Client:
     def _after_fork(self) -> None:
         # The child is not a job of its own: it owns neither the parent's
         # tokens nor the parent's implicit token.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._gen = _fork_generation
         self._owns_implicit = False
-        self._held.clear()
-        self._waiters.clear()
-        self._nwaiting = 0
+        self._queue.clear()
+        self._pending.clear()
+        self._resuming.clear()
+        self._nwait = 0
         self._loops.clear()
-        self._implicit.clear()
-        if self._core is not None:
-            self._core.bind(
-                self, self._implicit, self._waiters, self._try_acquire_slow, self._gen, self._lock, False
-            )
+        self._tleader_ref = None
+        if self._wake is not None:
+            for fd in self._wake:  # the parent's threads use them: never share
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wake = None
+        self._core.after_fork(self._gen)
         if self._reader is not None:
             self._reader = _Reader(self)
+
+
+class _Acquiring:
+    """What acquire_many / acquire_up_to return: awaitable (a TokenSet) and
+    an async context manager (released at exit)."""
+
+    __slots__ = ("_client", "_need", "_up_to", "_set")
+
+    def __init__(self, client: Client, need: int, up_to: int) -> None:
+        self._client = client
+        self._need = need
+        self._up_to = up_to
+        self._set: TokenSet | None = None
+
+    def __await__(self) -> Generator[Any, None, TokenSet]:
+        return self._client._gather(self._need, self._up_to).__await__()
+
+    async def __aenter__(self) -> TokenSet:
+        self._set = await self._client._gather(self._need, self._up_to)
+        return self._set
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ts, self._set = self._set, None
+        if ts is not None:
+            ts.release()
 
 
 class _TokenContext:
@@ -661,10 +1049,12 @@ class _TokenContext:
 
     async def __aenter__(self) -> Token:
         if not _backend.is_trio():
-            # asyncio fast path inline: one coroutine fewer per cycle
-            tok = self._client.try_acquire()
+            # asyncio fast path inline: one coroutine fewer per cycle; never
+            # waits on the loop (under the "thread" strategy only the
+            # implicit token is taken here)
+            tok = self._client._try_loop()
             if tok is None:
-                tok = await self._client._acquire_slow()
+                tok = (await self._client._wait_async(1))[0]
         else:
             tok = await self._client.acquire()
         self._token = tok
@@ -685,103 +1075,119 @@ class _TokenContext:
 class _Reader:
     """The "thread" strategy: one daemon thread per client does the reads
     (GIL released) while anyone waits and hands each token to the oldest
-    waiter; a token nobody waits for any more goes straight back."""
+    waiter; it exits when nobody waits.  A token nobody waits for any more
+    goes straight back."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._kick_r, self._kick_w = os.pipe()
-        os.set_blocking(self._kick_r, False)
-        os.set_blocking(self._kick_w, False)
+        self._kick: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._start_lock = threading.Lock()
+
+    def _pipe(self) -> tuple[int, int]:
+        if self._kick is None:
+            try:
+                r, w = os.pipe()
+            except OSError as exc:
+                raise JobserverError(
+                    f"cannot wait for a jobserver token: no file descriptor is free for "
+                    f"the reader thread's wake-up pipe ({exc.strerror}); close some files "
+                    "or raise the limit (ulimit -n)"
+                ) from None
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._kick = (r, w)
+        return self._kick
 
     def kick(self) -> None:
         """There is demand (or a change): make the thread look again."""
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None and not self._stopping:
-                    self._thread = threading.Thread(
-                        target=self._run, name="fastjob-reader", daemon=True
-                    )
-                    self._thread.start()
+        c = self._client
+        with c._lock:
+            if self._stopping:
+                return
+            kick = self._pipe()
+            if self._thread is None:
+                th = threading.Thread(target=self._run, name="fastjob-reader", daemon=True)
+                th.start()
+                self._thread = th
         try:
-            os.write(self._kick_w, b"k")
+            os.write(kick[1], b"k")
         except OSError:
             pass
 
     def try_get(self, timeout: float = 0.05) -> Token | None:
         """try_acquire on a blocking description: only when FIONREAD shows a
         token, let the thread read it, waiting at most ``timeout``."""
-        c = self._client
-        if not (c.available() or 0):
+        if not (self._client.available() or 0):
             return None
-        w = _Waiter()
-        w.tevent = threading.Event()
-        tok = c._register(w)
-        if tok is not None:
-            return tok
-        self.kick()
-        w.tevent.wait(timeout)
-        with c._lock:
-            got, w.token = w.token, None
-            c._unlink(w)
-        return got
+        try:
+            return self._client._blocking(1, timeout)[0]
+        except TimeoutError:
+            return None
 
     def _run(self) -> None:
+        # Signals go to the main thread, never here: a handler's exception
+        # cannot land between our read and the hand-off.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         c = self._client
         t = c._t
-        kick = self._kick_r
+        kick_r = self._pipe()[0]
         interval = t.liveness_interval
         try:
-            while not self._stopping:
-                if not c._waiters:
-                    _io.wait_readable(kick, -1, None)
-                    _io.drain(kick, 64)
-                    continue
-                r = _io.wait_readable(t.read_fd, kick, interval)
+            while True:
+                with c._lock:
+                    if self._stopping or not c._nwait or c._dead is not None:
+                        self._thread = None
+                        return
+                r = _io.wait_readable(t.read_fd, kick_r, interval)
                 if r == 2:
-                    _io.drain(kick, 64)
+                    _io.drain(kick_r, 64)
                     continue
                 if r == 0:
                     if interval is not None:
                         t.check_alive()
                     continue
-                if not c._waiters:
+                if not c._nwait:
                     continue  # they gave up meanwhile: leave the token to others
                 b = t.read_blocking() if not t.nonblocking_read else t.try_read()
                 if b < 0:
                     continue
                 if self._stopping:
                     t.write(b)
-                    break
-                c._dispatch(c._adopt(b))
+                    continue
+                c._place(c._core.adopt(b))
         except JobserverError as exc:
-            c._fail_waiters(exc)
+            with c._lock:
+                self._thread = None
+            c._fail(exc)
         except OSError as exc:
+            with c._lock:
+                self._thread = None
             if not self._stopping:
-                c._fail_waiters(JobserverError(f"jobserver read failed: {exc}"))
+                c._fail(JobserverError(f"jobserver read failed: {exc}"))
 
     def stop(self) -> None:
         self._stopping = True
-        try:
-            os.write(self._kick_w, b"s")
-        except OSError:
-            pass
+        kick = self._kick
+        if kick is not None:
+            try:
+                os.write(kick[1], b"s")
+            except OSError:
+                pass
         th = self._thread
         if th is not None and th is not threading.current_thread():
             th.join(timeout=1.0)
-        if th is None or not th.is_alive():
-            os.close(self._kick_r)
-            os.close(self._kick_w)
+        if (th is None or not th.is_alive()) and kick is not None:
+            os.close(kick[0])
+            os.close(kick[1])
+            self._kick = None
         # else: blocked in read() after a snipe; it returns the token it gets.
 
 
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
-    # the parent's threads still use their wake pipes: never share them
-    _thread_state.pipe = None
     for c in list(_live_clients):
         c._after_fork()
 

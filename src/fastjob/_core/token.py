@@ -1,57 +1,81 @@
-"""Token: one unit of the pool, held until released exactly once."""
+"""Token and TokenSet: held job slots, each released exactly once.
+
+Token is the core's own class (native ``_fastjob.Token`` or its pure twin in
+``fastjob._io_py``): it keeps its byte and the core that holds it, and its
+release is one call into the core.  TokenSet holds the slots of a weighted
+or elastic acquire.
+"""
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
 from .._errors import TokenLeakWarning
+from .._io import Token
 
-if TYPE_CHECKING:
-    from ..client import Client
+__all__ = ["Token", "TokenSet"]
 
 
-class Token:
-    """A held job slot.  ``release()`` is sync, idempotent and thread-safe and
-    writes back the byte that was read; the implicit token writes nothing.
+class _EmptyTokenSet(KeyError, IndexError):
+    """pop() from an empty TokenSet (a KeyError as set.pop raises, and an
+    IndexError as list.pop raises)."""
 
-    Use it as a context manager, or release it yourself.  A Token garbage
-    collected unreleased is released with a TokenLeakWarning.
+
+class TokenSet:
+    """The slots of one weighted (``acquire_many``) or elastic
+    (``acquire_up_to``) acquire.
+
+    ``len()`` is the number of slots held; iterating gives the Tokens;
+    ``pop()`` hands one Token to the caller (who releases it);
+    ``release()`` gives every slot back (idempotent, thread-safe).  Use it
+    with ``with`` or ``async with``.  A TokenSet garbage collected unreleased
+    is released with a TokenLeakWarning.
     """
 
-    __slots__ = ("_client", "_byte", "_gen", "_core", "__weakref__")
+    __slots__ = ("_tokens", "_lock", "__weakref__")
 
-    def __init__(self, client: Client, byte: int, gen: int) -> None:
-        self._client: Client | None = client
-        self._byte = byte  # -1: the implicit token
-        self._gen = gen
-        self._core: Any = None  # the PoolCore that read it, for a fast release
+    def __init__(self, tokens: list[Token]) -> None:
+        self._tokens = tokens
+        self._lock = threading.Lock()
 
-    @property
-    def implicit(self) -> bool:
-        """True for the process's implicit token (never in the pool)."""
-        return self._byte < 0
+    def __len__(self) -> int:
+        return len(self._tokens)
 
-    @property
-    def byte(self) -> bytes | None:
-        """The byte read from the pool (echoed on release); None if implicit."""
-        return None if self._byte < 0 else bytes((self._byte,))
+    def __iter__(self) -> Iterator[Token]:
+        return iter(list(self._tokens))
+
+    def __bool__(self) -> bool:
+        return bool(self._tokens)
 
     @property
     def released(self) -> bool:
-        return self._client is None
+        """True when the set holds no slot any more."""
+        return not self._tokens
+
+    def pop(self) -> Token:
+        """Remove one Token from the set and give it to the caller."""
+        with self._lock:
+            if not self._tokens:
+                raise _EmptyTokenSet("pop from an empty TokenSet")
+            return self._tokens.pop()
 
     def release(self) -> None:
-        """Give the token back (writes its byte to the pool; a no-op the
-        second time)."""
-        if self._client is not None:
-            if self._core is not None:
-                self._core.give(self)
-            else:
-                self._client._release(self)
+        """Give every slot back (a no-op the second time)."""
+        with self._lock:
+            tokens, self._tokens = self._tokens, []
+        error: BaseException | None = None
+        for tok in tokens:
+            try:
+                tok.release()
+            except Exception as exc:  # noqa: BLE001 - release the rest, then raise
+                error = error or exc
+        if error is not None:
+            raise error
 
-    def __enter__(self) -> Token:
+    def __enter__(self) -> TokenSet:
         return self
 
     def __exit__(
@@ -62,20 +86,34 @@ class Token:
     ) -> None:
         self.release()
 
+    async def __aenter__(self) -> TokenSet:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
     def __del__(self) -> None:
-        client = self._client
-        if client is not None:
-            what = repr(self)
-            # Release first: a warning turned into an error must not lose it.
-            client._release(self, quiet=True)
-            warnings.warn(
-                f"fastjob: {what} was garbage collected without release(); "
-                "it has been returned to the pool",
-                TokenLeakWarning,
-                stacklevel=2,
-            )
+        tokens = getattr(self, "_tokens", None)
+        if not tokens:
+            return
+        n = len(tokens)
+        self._tokens = []
+        for tok in tokens:
+            try:
+                tok.release()
+            except Exception:  # noqa: BLE001, S110 - the pool is gone: nothing to give back to
+                pass
+        warnings.warn(
+            f"fastjob: a TokenSet of {n} slot(s) was garbage collected without "
+            "release(); they have been returned to the pool",
+            TokenLeakWarning,
+            stacklevel=2,
+        )
 
     def __repr__(self) -> str:
-        kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
-        state = "released" if self._client is None else "held"
-        return f"<fastjob.Token {kind} {state}>"
+        return f"<fastjob.TokenSet of {len(self._tokens)} slot(s)>"
