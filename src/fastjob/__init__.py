@@ -25,7 +25,7 @@ from ._errors import (
 from ._io import NATIVE
 from ._makeflags import JobserverAuth, format_makeflags, parse_makeflags
 from ._version import __version__
-from .client import Client, ClientStatistics, Token
+from .client import Client, ClientStatistics, Token, TokenSet
 from .group import JobGroup
 from .process import open_process, run_process
 from .server import Server
@@ -48,6 +48,7 @@ __all__ = [
     "Server",
     "Token",
     "TokenLeakWarning",
+    "TokenSet",
     "UnsupportedPlatformError",
     "__version__",
     "connect",

@@ -12,7 +12,7 @@ from anyio.abc import TaskGroup
 from .client import Client
 from .server import Server
 from ._slot import TaskSlot, current_slot, resolve_client
-from ._core.token import Token
+from ._core.token import Token, TokenSet
 
 __all__ = ["JobGroup"]
 
@@ -20,10 +20,10 @@ __all__ = ["JobGroup"]
 class JobGroup:
     """``async with JobGroup(client, limit=None) as group:``
 
-    ``await group.spawn(fn, *args)`` waits for a token (backpressure: a
-    producer never runs ahead of the pool) then starts ``fn`` holding it;
-    ``group.start_soon(fn, *args)`` returns at once and the task waits for
-    its own token.  ``limit`` caps this group below the jobserver.  The first
+    ``await group.spawn(fn, *args, weight=1)`` waits for ``weight`` slots
+    (backpressure: a producer never runs ahead of the pool) then starts
+    ``fn`` holding them; ``group.start_soon(fn, *args, weight=1)`` returns at
+    once and the task waits for its own slots.  ``limit`` caps this group below the jobserver.  The first
     exception cancels the rest, as in an anyio task group; every token comes
     back.
     """
@@ -67,38 +67,66 @@ class JobGroup:
             raise RuntimeError("use the JobGroup inside 'async with'")
         return self._tg
 
-    async def _slot(self) -> Token:
+    async def _slot(self, weight: int) -> Token | TokenSet:
         if self._sem is not None:
             await self._sem.acquire()
         try:
-            return await self.client.acquire()
+            if weight == 1:
+                return await self.client.acquire()
+            return await self.client.acquire_many(weight)
         except BaseException:
             if self._sem is not None:
                 self._sem.release()
             raise
 
-    async def _run(self, tok: Token, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
-        # run_process/open_process in this task use this token for the child
-        current_slot.set(TaskSlot(self.client, tok))
+    async def _run(
+        self, slot: Token | TokenSet, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        # run_process/open_process in this task use this slot for the child
+        first = slot if isinstance(slot, Token) else next(iter(slot))
+        current_slot.set(TaskSlot(self.client, first))
         try:
             await fn(*args)
         finally:
-            tok.release()
+            slot.release()
             if self._sem is not None:
                 self._sem.release()
 
-    async def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
-        """Wait for a token, then start ``fn(*args)`` holding it."""
+    @staticmethod
+    def _check_weight(weight: object) -> int:
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise TypeError(f"weight must be an int, not {type(weight).__name__}")
+        if weight < 1:
+            raise ValueError(f"weight must be at least 1, not {weight}")
+        return weight
+
+    async def spawn(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, weight: int = 1, name: object = None
+    ) -> None:
+        """Wait for ``weight`` slots, then start ``fn(*args)`` holding them."""
+        weight = self._check_weight(weight)
         tg = self._group()
-        tok = await self._slot()
+        slot = await self._slot(weight)
         self.started += 1
-        tg.start_soon(self._run, tok, fn, args, name=name)
+        tg.start_soon(self._run, slot, fn, args, name=name)
 
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
-        """Start a task now that waits for its own token, then runs ``fn``."""
-        self._group().start_soon(self._acquire_and_run, fn, args, name=name)
+    def start_soon(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, weight: int = 1, name: object = None
+    ) -> None:
+        """Start a task now that waits for its own ``weight`` slots, then
+        runs ``fn``."""
+        weight = self._check_weight(weight)
+        client = self.client
+        if client.jobs is not None and weight > client.jobs:
+            raise ValueError(
+                f"weight={weight} slots can never be free at once: the pool has only "
+                f"{client.jobs} (-j{client.jobs})"
+            )
+        self._group().start_soon(self._acquire_and_run, fn, args, weight, name=name)
 
-    async def _acquire_and_run(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
-        tok = await self._slot()
+    async def _acquire_and_run(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], weight: int
+    ) -> None:
+        slot = await self._slot(weight)
         self.started += 1
-        await self._run(tok, fn, args)
+        await self._run(slot, fn, args)

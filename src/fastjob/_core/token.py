@@ -98,7 +98,7 @@ class TokenSet:
         self.release()
 
     def __del__(self) -> None:
-        tokens = getattr(self, "_tokens", None)
+        tokens = [t for t in getattr(self, "_tokens", ()) if not t.released]
         if not tokens:
             return
         n = len(tokens)
