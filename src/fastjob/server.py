@@ -314,4 +314,28 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     os.kill(os.getpid(), signum)
 
 
+def _after_fork_in_child() -> None:
+    """A forked child owns none of the parent's FIFOs: give SIGTERM/SIGHUP
+    back the disposition they had before fastjob's cleanup handler.
+
+    The handler is a Python-level one, which runs only when the main thread
+    returns to the interpreter.  A forked worker that is sent SIGTERM while
+    it sits in a blocking C call (multiprocessing's Pool.terminate() hitting
+    a worker just entering sem_wait() for its next task) then never dies, and
+    whoever joins it hangs; with SIG_DFL the kernel ends it at once.
+    """
+    global _cleanup_lock
+    _cleanup_lock = threading.Lock()  # another thread may have held it at fork
+    _fifo_servers.clear()
+    for sig, prev in list(_previous_handlers.items()):
+        try:
+            if signal.getsignal(sig) is _on_signal:
+                signal.signal(sig, signal.SIG_DFL if prev is None else prev)
+        except (ValueError, OSError):
+            pass
+    _previous_handlers.clear()  # a FIFO Server made in the child installs its own
+
+
 atexit.register(_remove_fifos)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
