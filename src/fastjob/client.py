@@ -24,7 +24,7 @@ from typing import Any, Callable
 import anyio
 
 from . import _backend, _io
-from ._errors import JobserverError, TokenLeakWarning
+from ._errors import JobserverClosedError, JobserverError, TokenLeakWarning
 from ._makeflags import child_environment
 from ._io import Token
 from ._core.transport import PipeTransport, Transport
@@ -495,7 +495,12 @@ class Client:
                 return  # released already, returned by close(), or pre-fork
             try:
                 self._write(b)
-            except (OSError, JobserverError):
+            except (OSError, JobserverError) as exc:
+                if not quiet and not isinstance(exc, JobserverClosedError):
+                    # Not written (out of fds, say): the token stays held, so
+                    # its byte is not lost; release() again, or close() does.
+                    self._held[id(tok)] = b
+                    tok._client = self
                 if not quiet:
                     raise
             return
