@@ -15,7 +15,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from . import _io
-from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError
+from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError, warn_at_caller
 from ._makeflags import JobserverAuth, child_environment
 from ._core.transport import FifoTransport, PipeTransport, Transport
 from .client import Client, _live_clients
@@ -229,12 +229,11 @@ class Server:
             if os.getpid() == self._pid:
                 short = self._shortfall()
                 if short:
-                    warnings.warn(
+                    warn_at_caller(
                         f"fastjob: {short} jobserver token(s) were not returned "
                         f"(pool {self.jobs - 1 - short}, expected {self.jobs - 1}); "
                         "a child probably died holding them",
                         TokenLeakWarning,
-                        stacklevel=2,
                     )
         finally:
             self._free()
