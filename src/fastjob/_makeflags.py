@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from typing import Literal
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 
 from ._errors import InvalidAuthError
 
-Style = Literal["pipe", "fifo", "sem"]
+if TYPE_CHECKING:  # annotations only: keep this module cheap to import
+    from collections.abc import Mapping
+    from typing import Literal
+
+    Style = Literal["pipe", "fifo", "sem"]
 
 #: Variables that can name a jobserver, in order of preference.
 JOBSERVER_VARIABLES = ("CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS")
