@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Mapping
@@ -167,6 +168,15 @@ def usable_jobserver(environ: Mapping[str, str] | None = None) -> str | None:
     return found[0]
 
 
+def _close_default() -> None:
+    """At exit: the pool connect() created is checked and closed (a FIFO
+    removed) like a ``with Server()`` block, not left to the finalizer."""
+    server = _default_server
+    if server is not None:
+        server.close()
+
+
+atexit.register(_close_default)  # after client.py's: runs before it
 _connect_lock = threading.Lock()
 _default: Client | None = None  # the pool connect() established for this process
 _default_server: Server | None = None  # ours, when we created it

@@ -260,6 +260,8 @@ class Server:
         try:
             self._free()
         finally:
+            if sys.is_finalizing():
+                return  # interpreter exit: the fds go anyway, warnings may be gone
             warnings.warn(
                 f"unclosed {what}: call close() or use 'with fastjob.Server(...)'",
                 ResourceWarning,
