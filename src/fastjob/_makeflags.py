@@ -129,37 +129,21 @@ class ParsedFlags:
         return f"ParsedFlags({fields})"
 
 
+# A word: escaped characters (a backslash and any next one) and characters
+# other than space, tab, newline; a backslash at the very end is literal.
+_WORD = re.compile(r"(?:[^ \t\n\\]+|\\.|\\\Z)+", re.DOTALL)
+_PLAIN_WORD = re.compile(r"[^ \t\n]+")
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
 def _tokens(value: str) -> list[tuple[str, str]]:
     """(as written, unescaped) for each word: words end at unescaped
     spaces, tabs and newlines; a backslash escapes the next character (make
     drops the backslash before any character)."""
-    words: list[tuple[str, str]] = []
-    cur: list[str] = []
-    start = -1
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if c == "\\" and i + 1 < n:
-            if start < 0:
-                start = i
-            cur.append(value[i + 1])
-            i += 2
-            continue
-        if c in " \t\n":
-            if start >= 0:
-                words.append((value[start:i], "".join(cur)))
-                cur = []
-                start = -1
-            i += 1
-            continue
-        if start < 0:
-            start = i
-        cur.append(c)
-        i += 1
-    if start >= 0:
-        words.append((value[start:], "".join(cur)))
-    return words
+    if "\\" not in value:  # the usual case: nothing is escaped
+        return [(w, w) for w in _PLAIN_WORD.findall(value)]
+    unescape = _ESCAPE.sub
+    return [(w, unescape(r"\1", w) if "\\" in w else w) for w in _WORD.findall(value)]
 
 
 def split_words(value: str) -> list[str]:
