@@ -103,6 +103,46 @@ def test_make44_disables_a_non_recursive_pipe_recipe(tmp_path: Path) -> None:
     assert "'+'" in d["fix"]
 
 
+@pytest.mark.interop
+@needs_make44
+def test_make44_plus_from_a_variable_is_explained(tmp_path: Path) -> None:
+    """make 4.4.1 keeps the fds open for a line whose '+' comes from a
+    variable but writes `--jobserver-auth=3,4 --jobserver-auth=-2,-2`: the
+    last one wins; doctor says why and how to fix it."""
+    (tmp_path / "Makefile").write_text(
+        f"P := +\nall:\n\t$(P){FJ} doctor --json > out.json; echo $$? > rc\n"
+    )
+    r = subprocess.run(
+        [str(gnumake44()), "-s", "-j2", "--jobserver-style=pipe", "-C", str(tmp_path)],
+        env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads((tmp_path / "out.json").read_text())
+    assert int((tmp_path / "rc").read_text()) == 2 and d["style"] == "disabled"
+    assert "--jobserver-auth=3,4 --jobserver-auth=-2,-2" in d["value"]
+    assert "named twice" in d["problem"] and "last --jobserver-auth wins" in d["problem"]
+    assert "comes from a variable" in d["problem"]
+    assert any("open here" in n for n in d["notes"])
+    assert any("one job at a time" in n for n in d["notes"])
+    assert "literally" in d["fix"]
+
+
+@pytest.mark.interop
+@needs_make44
+def test_make44_non_recursive_pipe_line_named_twice(tmp_path: Path) -> None:
+    rc, d = make_recipe(
+        str(gnumake44()), tmp_path, f"{FJ} doctor --json", "-j2", "--jobserver-style=pipe"
+    )
+    assert rc == 2 and "named twice" in d["problem"]
+    assert "closed the fds" in d["problem"] and "'+'" in d["fix"]
+
+
+def test_two_auth_options_last_one_disabled() -> None:
+    rc, d = doctor(clean_env(MAKEFLAGS=" -j2 --jobserver-auth=3,4 --jobserver-auth=-2,-2"))
+    assert rc == 2 and d["style"] == "disabled"
+    assert "named twice" in d["problem"]
+
+
 def test_negative_fds_mean_disabled_on_purpose() -> None:
     rc, d = doctor(clean_env(MAKEFLAGS=" -j2 --jobserver-auth=-2,-2"))
     assert rc == 2 and d["style"] == "disabled"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 import fastjob
+from fastjob import server as server_module
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork"),
@@ -177,3 +179,57 @@ def test_fifo_server_survives_forked_child_exit() -> None:
         assert other is not None
         other.acquire_blocking(timeout=5).release()
         other.close()
+
+
+def _sigterm_inside_c_call() -> None:
+    # One C call that gets SIGTERM and then blocks: system() retries its
+    # waitpid() on EINTR, so a Python-level handler cannot run until the
+    # shell exits (the race a Pool worker loses when terminate() hits it
+    # just as it enters sem_wait() for its next task).
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.system(b"kill -TERM $PPID; exec sleep 30")
+    os._exit(3)
+
+
+@pytest.mark.parametrize("style", ["fifo", "pipe"])
+def test_forked_child_dies_of_sigterm_in_c_code(style: str) -> None:
+    """A FIFO Server installs a SIGTERM handler (to remove its FIFO); a
+    forked child must not inherit it: there SIGTERM kills at once, as it
+    would without fastjob.  With the handler inherited, this child lives
+    until its C call returns (30 s), and Pool.terminate() hangs in join()."""
+    before = signal.getsignal(signal.SIGTERM)
+    with fastjob.Server(2, style=style):
+        p = CTX.Process(target=_sigterm_inside_c_call)
+        p.start()
+        p.join(10)
+        alive = p.is_alive()
+        if alive:
+            p.kill()
+            p.join(10)
+        assert not alive, "the forked child survived SIGTERM (fastjob's handler inherited)"
+        assert p.exitcode == -signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) in (before, server_module._on_signal)
+
+
+def _report_handlers(conn: Any) -> None:
+    conn.send([signal.getsignal(s) is server_module._on_signal for s in (signal.SIGTERM, signal.SIGHUP)])
+    # A FIFO Server made in the child protects its own FIFO again.
+    with fastjob.Server(2, style="fifo"):
+        conn.send(signal.getsignal(signal.SIGTERM) is server_module._on_signal)
+    os._exit(0)
+
+
+def test_forked_child_gets_handlers_back_and_can_install_its_own() -> None:
+    with fastjob.Server(2, style="fifo"):
+        assert signal.getsignal(signal.SIGTERM) is server_module._on_signal
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=_report_handlers, args=(child,))
+        p.start()
+        assert parent.poll(30)
+        assert parent.recv() == [False, False]
+        assert parent.poll(30)
+        assert parent.recv() is True
+        p.join(30)
+        assert p.exitcode == 0

@@ -77,14 +77,34 @@ def test_parse_bytes(value: bytes) -> None:
 
 @FUZZ
 @given(MAKEFLAGS_TEXT)
+@example("--\\jobserver-auth=0,0")  # found by this fuzz: make drops the backslash
+@example("-\\-jobserver-fds=3,4 -\\j4")
+@example("--jobs 4 -j 3 --jobserver-auth=3,4")
+@example("x\n--jobserver-auth=3,4")  # a newline separates words
 def test_strip_jobserver_total(value: str) -> None:
-    """strip_jobserver never fails, and what it leaves names no jobserver."""
+    """strip_jobserver never fails, and what it leaves names no jobserver
+    (it reads words exactly as scan_makeflags does); with parallelism=True
+    it leaves no -j either."""
     out = strip_jobserver(value)
     try:
         parsed = scan_makeflags(out)
     except InvalidAuthError:
         return  # e.g. a bad -j value it does not touch
     assert parsed.auth is None and not parsed.disabled
+    try:
+        parsed = scan_makeflags(strip_jobserver(value, parallelism=True))
+    except InvalidAuthError:
+        return
+    assert parsed.auth is None and not parsed.disabled and parsed.jobs is None
+
+
+def test_escaped_option_is_stripped() -> None:
+    """The hypothesis example, spelled out: both sides see the option."""
+    value = "--\\jobserver-auth=0,0"
+    auth = fastjob.parse_makeflags(value)
+    assert auth is not None and auth.fds == (0, 0)
+    assert strip_jobserver(value) == ""
+    assert strip_jobserver("k --\\jobserver-auth=0,0 X\\ Y") == "k X\\ Y"
 
 
 def test_huge_value_is_fast() -> None:

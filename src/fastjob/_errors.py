@@ -46,3 +46,19 @@ class JobserverWarning(UserWarning):
 
 class TokenLeakWarning(UserWarning):
     """A token was never released, or a pool is short of tokens at close."""
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """warnings.warn pointing at the first frame outside the fastjob package
+    (the user's line), however deep inside fastjob the warning is raised."""
+    import os
+    import sys
+    import warnings
+
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level = 1
+    frame = sys._getframe(0)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

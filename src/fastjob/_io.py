@@ -116,7 +116,7 @@ class FdInfo(NamedTuple):
             return "block device"
         if stat.S_ISLNK(m):
             return "symlink"
-        return "unknown file type"
+        return "file of unknown type"  # read as "is a file of unknown type"
 
 
 def fd_info(fd: int) -> FdInfo:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from collections.abc import Mapping
-from typing import Literal
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 
 from ._errors import InvalidAuthError
 
-Style = Literal["pipe", "fifo", "sem"]
+if TYPE_CHECKING:  # annotations only: keep this module cheap to import
+    from collections.abc import Mapping
+    from typing import Literal
+
+    Style = Literal["pipe", "fifo", "sem"]
 
 #: Variables that can name a jobserver, in order of preference.
 JOBSERVER_VARIABLES = ("CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS")
@@ -27,7 +29,6 @@ _FLAG_CLUSTER = re.compile(r"[A-Za-z]+")
 _AUTH_OPTIONS = ("--jobserver-auth=", "--jobserver-fds=")
 
 
-@dataclass(frozen=True)
 class JobserverAuth:
     """A jobserver as named by MAKEFLAGS.
 
@@ -35,17 +36,71 @@ class JobserverAuth:
     "sem" (``name``, a Windows semaphore).  ``jobs`` is the number given
     with ``-j`` (None when ``-j`` had no number or was absent); ``dry_run`` is
     True when the flag cluster holds ``n``; ``text`` is the option's value.
+
+    Immutable and hashable; equal when every field is equal.  (A plain
+    class with ``__slots__`` rather than a dataclass: importing dataclasses
+    costs more than this whole module.)
     """
 
+    __slots__ = ("style", "read_fd", "write_fd", "path", "name", "jobs", "dry_run", "flags", "text")
+
     style: Style
-    read_fd: int | None = None
-    write_fd: int | None = None
-    path: str | None = None
-    name: str | None = None
-    jobs: int | None = None
-    dry_run: bool = False
-    flags: str = ""
-    text: str = ""
+    read_fd: int | None
+    write_fd: int | None
+    path: str | None
+    name: str | None
+    jobs: int | None
+    dry_run: bool
+    flags: str
+    text: str
+
+    def __init__(
+        self,
+        style: Style,
+        read_fd: int | None = None,
+        write_fd: int | None = None,
+        path: str | None = None,
+        name: str | None = None,
+        jobs: int | None = None,
+        dry_run: bool = False,
+        flags: str = "",
+        text: str = "",
+    ) -> None:
+        init = object.__setattr__  # the instance is frozen: bypass our __setattr__
+        init(self, "style", style)
+        init(self, "read_fd", read_fd)
+        init(self, "write_fd", write_fd)
+        init(self, "path", path)
+        init(self, "name", name)
+        init(self, "jobs", jobs)
+        init(self, "dry_run", dry_run)
+        init(self, "flags", flags)
+        init(self, "text", text)
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: JobserverAuth is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: JobserverAuth is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, JobserverAuth)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"JobserverAuth({fields})"
+
+    def __reduce__(self) -> tuple[type[JobserverAuth], tuple[object, ...]]:
+        return (JobserverAuth, self._fields())  # pickle/copy without __setattr__
 
     @property
     def fds(self) -> tuple[int, int] | None:
@@ -55,44 +110,46 @@ class JobserverAuth:
         return (self.read_fd, self.write_fd)
 
 
-@dataclass(frozen=True)
 class ParsedFlags:
     """Everything the parser found, including a deliberately disabled server."""
 
-    auth: JobserverAuth | None
-    disabled: bool
-    jobs: int | None
-    dry_run: bool
-    flags: str
+    __slots__ = ("auth", "disabled", "jobs", "dry_run", "flags")
+
+    def __init__(
+        self, auth: JobserverAuth | None, disabled: bool, jobs: int | None, dry_run: bool, flags: str
+    ) -> None:
+        self.auth = auth
+        self.disabled = disabled
+        self.jobs = jobs
+        self.dry_run = dry_run
+        self.flags = flags
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"ParsedFlags({fields})"
+
+
+# A word: escaped characters (a backslash and any next one) and characters
+# other than space, tab, newline; a backslash at the very end is literal.
+_WORD = re.compile(r"(?:[^ \t\n\\]+|\\.|\\\Z)+", re.DOTALL)
+_PLAIN_WORD = re.compile(r"[^ \t\n]+")
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _tokens(value: str) -> list[tuple[str, str]]:
+    """(as written, unescaped) for each word: words end at unescaped
+    spaces, tabs and newlines; a backslash escapes the next character (make
+    drops the backslash before any character)."""
+    if "\\" not in value:  # the usual case: nothing is escaped
+        return [(w, w) for w in _PLAIN_WORD.findall(value)]
+    unescape = _ESCAPE.sub
+    return [(w, unescape(r"\1", w) if "\\" in w else w) for w in _WORD.findall(value)]
 
 
 def split_words(value: str) -> list[str]:
-    """Split at unescaped spaces/tabs; a backslash escapes the next character."""
-    words: list[str] = []
-    cur: list[str] = []
-    has_word = False
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if c == "\\" and i + 1 < n:
-            cur.append(value[i + 1])
-            has_word = True
-            i += 2
-            continue
-        if c in " \t\n":
-            if has_word:
-                words.append("".join(cur))
-                cur = []
-                has_word = False
-            i += 1
-            continue
-        cur.append(c)
-        has_word = True
-        i += 1
-    if has_word:
-        words.append("".join(cur))
-    return words
+    """Split at unescaped spaces/tabs/newlines; a backslash escapes the next
+    character."""
+    return [word for _, word in _tokens(value)]
 
 
 def _parse_jobs(text: str, value: str) -> int | None:
@@ -266,17 +323,26 @@ def strip_jobserver(value: str, *, parallelism: bool = False) -> str:
     """value without its jobserver options (for a child that must not join);
     with ``parallelism=True`` also without ``-j``/``-jN``/``--jobs[=N]``.
 
-    Escapes are kept as written; the overrides after `` -- `` are untouched.
+    Words are recognised as :func:`scan_makeflags` reads them (escapes
+    removed: make reads ``--\\jobserver-auth=3,4`` as the option), and the
+    ones kept are written as they were; the overrides after `` -- `` are
+    untouched.
     """
-    words = re.findall(r"(?:\\.|[^ \t\\])+|\\$", value)
+    words = _tokens(value)
     kept: list[str] = []
-    for i, w in enumerate(words):
-        if w == "--":
-            kept.extend(words[i:])
+    skip_number = False
+    for i, (raw, word) in enumerate(words):
+        if skip_number:
+            skip_number = False
+            if word.isascii() and word.isdigit():
+                continue  # the N of "-j N" / "--jobs N"
+        if word == "--":
+            kept.extend(r for r, _ in words[i:])
             break
-        if w.startswith(_AUTH_OPTIONS):
+        if word.startswith(_AUTH_OPTIONS):
             continue
-        if parallelism and _JOBS_WORD.fullmatch(w):
+        if parallelism and _JOBS_WORD.fullmatch(word):
+            skip_number = word in ("-j", "--jobs")
             continue
-        kept.append(w)
+        kept.append(raw)
     return " ".join(kept)

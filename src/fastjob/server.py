@@ -10,17 +10,19 @@ import sys
 import tempfile
 import threading
 import warnings
+import weakref
 from types import FrameType, TracebackType
 from typing import Any
 
 from . import _io
-from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError
+from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError, warn_at_caller
 from ._makeflags import JobserverAuth, child_environment
 from ._core.transport import FifoTransport, PipeTransport, Transport
 from .client import Client, _live_clients
 
 __all__ = ["Server"]
 
+FIFO_NAME = "jobserver.fifo"  # inside a fresh 0700 fastjob-* directory
 TOKEN_BYTE = ord("+")  # what make writes; clients echo whatever they read
 if sys.platform != "win32":  # fcntl does not exist on Windows
     import fcntl
@@ -67,10 +69,19 @@ class Server:
             else:
                 self._make_sem()
         except BaseException:
-            self._cleanup_files()
+            self._closed = True  # nothing for __del__ to do
+            # fds first: removing the directory must work under EMFILE too.
+            transport = getattr(self, "_transport", None)
+            if transport is not None:
+                transport.close()
             for fd in self._fds:
                 os.close(fd)
+            self._fds = []
+            self._cleanup_files()
             raise
+        # The client keeps its server alive: the pool's fds are the server's,
+        # and the finalizer below must not close them under a client in use.
+        setattr(self.client, "_server", self)
 
     # -- creation ---------------------------------------------------------------
     def _fill(self, fd: int) -> None:
@@ -108,7 +119,7 @@ class Server:
         if not hasattr(os, "mkfifo"):
             raise UnsupportedPlatformError("FIFO jobservers need POSIX mkfifo()")
         self._dir = tempfile.mkdtemp(prefix="fastjob-")  # 0700, owned by us
-        self._path = os.path.join(self._dir, "jobserver.fifo")
+        self._path = os.path.join(self._dir, FIFO_NAME)
         os.mkfifo(self._path, 0o600)
         _register_cleanup(self)
         # Our own descriptions keep the FIFO (and its tokens) alive.
@@ -218,22 +229,45 @@ class Server:
             if os.getpid() == self._pid:
                 short = self._shortfall()
                 if short:
-                    warnings.warn(
+                    warn_at_caller(
                         f"fastjob: {short} jobserver token(s) were not returned "
                         f"(pool {self.jobs - 1 - short}, expected {self.jobs - 1}); "
                         "a child probably died holding them",
                         TokenLeakWarning,
-                        stacklevel=2,
                     )
         finally:
-            self.client._shutdown()
-            for fd in self._fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._fds = []
-            self._cleanup_files()
+            self._free()
+
+    def _free(self) -> None:
+        """Close the client and the pool's fds, remove the FIFO directory."""
+        self.client._shutdown()
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+        self._cleanup_files()
+
+    def __del__(self) -> None:
+        # Garbage collected without close() (its client is gone too): free
+        # the fds and the FIFO directory, with a ResourceWarning, as the
+        # standard library does for files.  A forked child's copy owns nothing.
+        if getattr(self, "_closed", True) or os.getpid() != self._pid:
+            return
+        self._closed = True
+        what = repr(self)
+        try:
+            self._free()
+        finally:
+            if sys.is_finalizing():
+                return  # interpreter exit: the fds go anyway, warnings may be gone
+            warnings.warn(
+                f"unclosed {what}: call close() or use 'with fastjob.Server(...)'",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
 
     def _shortfall(self) -> int:
         try:
@@ -244,7 +278,7 @@ class Server:
 
     def _cleanup_files(self) -> None:
         if self._dir is not None and os.getpid() == self._pid:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            _remove_dir(self._dir)
             _unregister_cleanup(self)
             self._dir = None
 
@@ -264,6 +298,22 @@ class Server:
         return f"<fastjob.Server jobs={self.jobs} style={self.style} {where}>"
 
 
+def _remove_dir(path: str) -> None:
+    """Remove a Server's FIFO directory without opening a descriptor
+    (shutil.rmtree opens the directory, which fails, silently with
+    ignore_errors, when the process is out of fds: the EMFILE case)."""
+    try:
+        os.unlink(os.path.join(path, FIFO_NAME))
+    except OSError:
+        pass
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)  # someone put more files there
+
+
 def _read_some(fd: int, n: int) -> int:
     try:
         return len(os.read(fd, n))
@@ -273,7 +323,7 @@ def _read_some(fd: int, n: int) -> int:
 
 # -- FIFO cleanup on exit and on SIGTERM/SIGHUP --------------------------------------
 _cleanup_lock = threading.Lock()
-_fifo_servers: set[Server] = set()
+_fifo_servers: weakref.WeakSet[Server] = weakref.WeakSet()  # weak: a dropped Server is finalized
 _previous_handlers: dict[int, Any] = {}
 
 
@@ -301,7 +351,7 @@ def _unregister_cleanup(server: Server) -> None:
 def _remove_fifos() -> None:
     for s in list(_fifo_servers):
         if s._dir is not None and os.getpid() == s._pid:
-            shutil.rmtree(s._dir, ignore_errors=True)
+            _remove_dir(s._dir)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -314,4 +364,28 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     os.kill(os.getpid(), signum)
 
 
+def _after_fork_in_child() -> None:
+    """A forked child owns none of the parent's FIFOs: give SIGTERM/SIGHUP
+    back the disposition they had before fastjob's cleanup handler.
+
+    The handler is a Python-level one, which runs only when the main thread
+    returns to the interpreter.  A forked worker that is sent SIGTERM while
+    it sits in a blocking C call (multiprocessing's Pool.terminate() hitting
+    a worker just entering sem_wait() for its next task) then never dies, and
+    whoever joins it hangs; with SIG_DFL the kernel ends it at once.
+    """
+    global _cleanup_lock
+    _cleanup_lock = threading.Lock()  # another thread may have held it at fork
+    _fifo_servers.clear()
+    for sig, prev in list(_previous_handlers.items()):
+        try:
+            if signal.getsignal(sig) is _on_signal:
+                signal.signal(sig, signal.SIG_DFL if prev is None else prev)
+        except (ValueError, OSError):
+            pass
+    _previous_handlers.clear()  # a FIFO Server made in the child installs its own
+
+
 atexit.register(_remove_fifos)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

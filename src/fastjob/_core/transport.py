@@ -13,6 +13,7 @@ import os
 import stat
 import sys
 import threading
+import weakref
 from typing import Final
 
 from .. import _io
@@ -252,9 +253,32 @@ def _describe_mode(mode: int) -> str:
     return info.kind
 
 
+#: Every open of a FIFO path: never follow a symlink, never block (a FIFO
+#: with no writer would), never become our controlling tty, never inherited.
+_FIFO_OPEN_FLAGS: Final = (
+    os.O_NONBLOCK
+    | os.O_CLOEXEC
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)
+_live_fifos: weakref.WeakSet[FifoTransport] = weakref.WeakSet()
+
+
 class FifoTransport(Transport):
     """A named FIFO (make >= 4.4 ``fifo:PATH``): opened by us, so our
-    O_NONBLOCK is private (strategy "fifo-private")."""
+    O_NONBLOCK is private (strategy "fifo-private").
+
+    The path is checked (lstat: a FIFO, not a symlink, ours) and then every
+    open of it (read end, write end, the writer reopened by the liveness
+    check) is compared with what was checked (fstat: type, device, inode,
+    owner), so a file swapped in at the path between check and open is
+    refused instead of read from or written to.
+
+    The write end stays open: a release writes through it and needs no new
+    descriptor.  The liveness check, which must give our writer up for a
+    moment, first reserves a descriptor to reopen it in, and skips the check
+    when it cannot (out of fds).
+    """
 
     style = "fifo"
 
@@ -263,15 +287,19 @@ class FifoTransport(Transport):
         self._lock = threading.Lock()
         self._rfd = -1
         self._wfd = -1
+        self._allow_foreign = allow_foreign
+        # A byte the liveness check read but could not put back (no writer):
+        # handed out by try_read first, written back when a writer opens.
+        self._pending: list[int] = []
         st = self._stat_checked(path, allow_foreign)
         self._identity = (st.st_dev, st.st_ino)
-        flags = os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        self._uid = st.st_uid
         try:
-            self._rfd = os.open(path, os.O_RDONLY | flags)
-            self._wfd = os.open(path, os.O_WRONLY | flags)
-        except OSError as exc:
+            self._rfd = self._open_checked(os.O_RDONLY)
+            self._wfd = self._open_checked(os.O_WRONLY)
+        except BaseException:
             self.close()
-            raise FifoError(f"cannot open the jobserver FIFO {path!r}: {exc.strerror}") from None
+            raise
         self.read_fd = self._rfd
         self.strategy = "thread" if forced_strategy() == "thread" else "fifo-private"
         # The owner knows it is alive; a client checks while it waits.
@@ -282,6 +310,7 @@ class FifoTransport(Transport):
             except BaseException:
                 self.close()  # a leaked writer would make the stale FIFO look alive
                 raise
+        _live_fifos.add(self)
 
     @staticmethod
     def _stat_checked(path: str, allow_foreign: bool) -> os.stat_result:
@@ -305,14 +334,48 @@ class FifoTransport(Transport):
                 f"the jobserver path {path!r} is a {_describe_mode(st.st_mode)}, not a FIFO"
             )
         if hasattr(os, "geteuid") and st.st_uid != os.geteuid() and not allow_foreign:
-            raise ForeignFifoError(
-                f"the jobserver FIFO {path!r} belongs to uid {st.st_uid}, not to you "
-                f"(uid {os.geteuid()}); another user could steal or forge tokens. Pass "
-                "allow_foreign=True (or set FASTJOB_ALLOW_FOREIGN_FIFO=1) if you trust it"
-            )
+            raise ForeignFifoError(_foreign_message(path, st.st_uid))
         return st
 
+    def _open_checked(self, mode: int) -> int:
+        """Open the path (read or write end) and make sure the file opened is
+        the FIFO that was checked; FifoError / ForeignFifoError otherwise."""
+        path = self.path
+        try:
+            fd = os.open(path, mode | _FIFO_OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a symlink
+                raise FifoError(
+                    f"the jobserver FIFO path {path!r} was replaced by a symlink after it "
+                    "was checked; refusing to follow it"
+                ) from None
+            raise FifoError(f"cannot open the jobserver FIFO {path!r}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISFIFO(st.st_mode):
+                raise FifoError(
+                    f"the jobserver path {path!r} was replaced after it was checked: it "
+                    f"opened a {_describe_mode(st.st_mode)}, not the FIFO; refusing it"
+                )
+            if st.st_uid != self._uid and not self._allow_foreign:
+                # another user's FIFO swapped in, or ours given away meanwhile
+                raise ForeignFifoError(_foreign_message(path, st.st_uid, replaced=True))
+            if (st.st_dev, st.st_ino) != self._identity:
+                raise FifoError(
+                    f"the jobserver FIFO {path!r} was replaced by another FIFO after it "
+                    f"was checked (inode {st.st_ino}, not {self._identity[1]}); refusing it"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def try_read(self) -> int:
+        if self._pending:
+            try:
+                return self._pending.pop()
+            except IndexError:
+                pass  # another thread took it just now
         r = _io.try_read(self._rfd)
         if r == _io.EOF:
             raise self.closed_error()
@@ -321,7 +384,7 @@ class FifoTransport(Transport):
     def write(self, byte: int) -> None:
         with self._lock:
             if self._wfd < 0:
-                self._open_writer()
+                self._reopen_writer()  # raises FifoError: the caller keeps its token
             try:
                 _io.write(self._wfd, byte)
             except OSError as exc:
@@ -329,26 +392,44 @@ class FifoTransport(Transport):
                     raise self.closed_error() from None
                 raise
 
-    def _open_writer(self) -> None:
-        flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-        self._wfd = os.open(self.path, flags)
+    def _reopen_writer(self) -> None:
+        """Open the write end again (lock held) and write back a byte the
+        liveness check could not put back."""
+        self._wfd = self._open_checked(os.O_WRONLY)
+        while self._pending:
+            _io.write(self._wfd, self._pending.pop())
 
     def _check_writers(self, *, at_open: bool = False) -> None:
         """With our own writer closed, a non-blocking read returns EOF iff no
         other process holds the FIFO open for writing: the pool is dead."""
         with self._lock:
-            if self._wfd >= 0:
-                os.close(self._wfd)
-                self._wfd = -1
             try:
+                # The descriptor our writer will be reopened in, reserved
+                # before we give the writer up: a release must find it open.
+                spare = os.dup(self._rfd)
+            except OSError as exc:
+                if at_open:
+                    raise FifoError(
+                        f"cannot check the jobserver FIFO {self.path!r}: {exc.strerror}"
+                    ) from None
+                return  # out of fds: keep the writer, check next time
+            r = AGAIN
+            try:
+                if self._wfd >= 0:
+                    os.close(self._wfd)
+                    self._wfd = -1
                 r = _io.try_read(self._rfd)
             finally:
+                os.close(spare)  # two free slots now (ours and the writer's)
+                if r >= 0:
+                    self._pending.append(r)  # not ours to keep: put it straight back
                 try:
-                    self._open_writer()
-                except OSError:
-                    pass
-            if r >= 0:
-                _io.write(self._wfd, r)  # not ours to keep: put it straight back
+                    self._reopen_writer()
+                except (OSError, JobserverError):
+                    if at_open:
+                        raise
+                    # Another thread took both slots, or the path was
+                    # swapped: write() reopens (or raises, token kept).
         if r == _io.EOF:
             where = "is stale" if at_open else "was abandoned"
             raise JobserverClosedError(
@@ -369,6 +450,10 @@ class FifoTransport(Transport):
             )
         self._check_writers()
 
+    def available(self) -> int | None:
+        n = super().available()
+        return None if n is None else n + len(self._pending)
+
     def identity(self) -> object:
         return ("fifo", *self._identity)
 
@@ -380,10 +465,43 @@ class FifoTransport(Transport):
 
     def close(self) -> None:
         with self._lock:
-            for fd in (self._rfd, self._wfd):
-                if fd >= 0:
-                    os.close(fd)
-            self._rfd = self._wfd = -1
+            if self._rfd >= 0:
+                os.close(self._rfd)
+            self._rfd = -1
+            if self._pending and self._wfd < 0:
+                try:
+                    self._reopen_writer()  # in the slot the reader just freed
+                except (OSError, JobserverError):
+                    pass
+            if self._wfd >= 0:
+                while self._pending:
+                    try:
+                        _io.write(self._wfd, self._pending.pop())
+                    except OSError:
+                        break
+                os.close(self._wfd)
+            self._wfd = -1
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at fork
+
+
+def _foreign_message(path: str, uid: int, *, replaced: bool = False) -> str:
+    what = "was replaced by a FIFO that belongs" if replaced else "belongs"
+    return (
+        f"the jobserver FIFO {path!r} {what} to uid {uid}, not to you "
+        f"(uid {os.geteuid()}); another user could steal or forge tokens. Pass "
+        "allow_foreign=True (or set FASTJOB_ALLOW_FOREIGN_FIFO=1) if you trust it"
+    )
+
+
+def _after_fork_in_child() -> None:
+    for t in list(_live_fifos):
+        t._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def open_transport(auth: JobserverAuth, *, allow_foreign: bool = False) -> Transport:

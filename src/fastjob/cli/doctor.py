@@ -21,7 +21,7 @@ from typing import Any
 from .. import _io
 from .._discovery import FIX_FIFO, FIX_PIPE, find_jobserver
 from .._errors import InvalidAuthError
-from .._makeflags import JOBSERVER_VARIABLES, JobserverAuth
+from .._makeflags import JOBSERVER_VARIABLES, JobserverAuth, split_words
 
 USABLE, BROKEN, NONE = 0, 1, 2
 VERDICTS = {USABLE: "usable", BROKEN: "broken", NONE: "none"}
@@ -350,11 +350,7 @@ def diagnose(environ: Mapping[str, str] | None = None) -> Diagnosis:
     d.variable, d.value = var, value
     if auth is None:  # disabled on purpose: negative fds
         d.style = "disabled"
-        d.problem = (
-            "the jobserver is disabled on purpose (--jobserver-auth with negative fds, "
-            "e.g. -2,-2): make 4.4 does this for recipe lines it does not know are recursive"
-        )
-        d.fix = FIX_DISABLED
+        _explain_disabled(d, value)
         return _finish(d)
     d.style, d.jobs, d.dry_run = auth.style, auth.jobs, auth.dry_run
     d.status = BROKEN
@@ -370,6 +366,67 @@ def diagnose(environ: Mapping[str, str] | None = None) -> Diagnosis:
     if d.dry_run:
         d.notes.append("make runs in dry-run mode (-n): it only prints what it would do")
     return _finish(d)
+
+
+FIX_DISABLED_VARIABLE = (
+    "write the '+' literally at the start of the recipe line (make does not see a "
+    "'+' that comes from a variable when it writes MAKEFLAGS), or put $(MAKE) in the "
+    "line; with CMake >= 3.28 set JOB_SERVER_AWARE TRUE on the custom command"
+)
+
+
+def _auth_options(value: str) -> list[str]:
+    """Every jobserver option in value, in order (none after `` -- ``)."""
+    out = []
+    for w in split_words(value):
+        if w == "--":
+            break
+        if w.startswith(("--jobserver-auth=", "--jobserver-fds=")):
+            out.append(w)
+    return out
+
+
+def _explain_disabled(d: Diagnosis, value: str) -> None:
+    """Why a ``-2,-2`` disables the jobserver, and what to do."""
+    options = _auth_options(value)
+    earlier = [o for o in options[:-1] if o.startswith("--jobserver-auth=")]
+    serial = (
+        "fastjob (connect(), fastjob run and fastjob parallel without -j) runs one job "
+        "at a time here, as make does"
+    )
+    if earlier and earlier[-1] != options[-1]:
+        first = earlier[-1]
+        m = re.fullmatch(r"--jobserver-auth=([0-9]+),([0-9]+)", first)
+        fds = [int(m[1]), int(m[2])] if m else []
+        opened = [fd for fd in fds if inspect_fd(fd, "").kind == "pipe"]
+        d.problem = (
+            f"the jobserver is named twice: {first} and then {options[-1]}; the last "
+            "--jobserver-auth wins (make's rule, which fastjob, cargo and ninja follow), "
+            "so it is disabled on purpose: make 4.4.1 marked this recipe line as not "
+            "recursive when it wrote MAKEFLAGS"
+        )
+        if opened:
+            d.problem += (
+                " and yet kept the fds open: the line's '+' comes from a variable, which "
+                "make sees only after it wrote MAKEFLAGS"
+            )
+            which = " and ".join(map(str, opened))
+            d.notes.append(
+                f"{'fds' if len(opened) > 1 else 'fd'} {which} of {first} "
+                f"{'are' if len(opened) > 1 else 'is'} open here, but using them would "
+                "override make's decision; fastjob does not"
+            )
+            d.fix = FIX_DISABLED_VARIABLE
+        else:
+            d.problem += " (no '+' and no $(MAKE) in it) and closed the fds"
+            d.fix = FIX_DISABLED
+    else:
+        d.problem = (
+            "the jobserver is disabled on purpose (--jobserver-auth with negative fds, "
+            "e.g. -2,-2): make 4.4 does this for recipe lines it does not know are recursive"
+        )
+        d.fix = FIX_DISABLED
+    d.notes.append(serial)
 
 
 def _finish(d: Diagnosis) -> Diagnosis:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .._discovery import find_jobserver, from_env
-from .._errors import InvalidAuthError, JobserverError, JobserverWarning
+from .._discovery import inspect_env, usable_jobserver
+from .._errors import InvalidAuthError, JobserverError
 from .._makeflags import JOBSERVER_VARIABLES, scan_makeflags
 from ..client import Client
 from ..server import Server
@@ -97,22 +96,31 @@ def _join_env(var: str, client: Client, environ: Mapping[str, str]) -> dict[str,
 
 
 def open_pool(jobs: int | None, style: str | None = None) -> Pool:
-    """Join the inherited jobserver when ``jobs`` is None and there is a
-    usable one; otherwise create a Server of ``jobs`` (default: CPU count)."""
+    """The pool for ``fastjob run`` / ``fastjob parallel``.
+
+    Without ``-j`` (``jobs`` None): join the inherited jobserver when it is
+    usable; when one is named but unusable (or disabled with ``-2,-2``) run
+    one job at a time in a pool of 1, as make does, saying why; with none
+    named, a Server of CPU-count slots.  With ``-j N``: a Server of N, with
+    a warning when that leaves a usable inherited jobserver.
+    """
     if jobs is None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", JobserverWarning)
-            client = from_env()
-        for w in caught:
-            if issubclass(w.category, JobserverWarning):
-                warn(
-                    f"warning: {w.message} (running with a new pool instead; "
-                    "'fastjob doctor' explains)"
-                )
+        found = inspect_env()
+        client = found.client
         if client is not None:
-            found = find_jobserver()
-            assert found is not None
-            env = _join_env(found[0], client, os.environ)
+            assert found.variable is not None
+            env = _join_env(found.variable, client, os.environ)
             return Pool(client, None, env, client.pass_fds)
+        if found.problem is not None:
+            warn(f"warning: {found.problem} ('fastjob doctor' explains)")
+            jobs = 1
+    else:
+        var = usable_jobserver()
+        if var is not None:
+            warn(
+                f"warning: -j{jobs} forced: leaving the jobserver inherited in {var} "
+                f"for a new pool of {jobs} (as make's \"-j{jobs} forced in submake\"); "
+                "drop -j to stay in it"
+            )
     server = Server(jobs if jobs is not None else (os.cpu_count() or 1), style)
     return Pool(server.client, server, server.env(), server.pass_fds)
