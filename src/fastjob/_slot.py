@@ -8,9 +8,12 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, cast
 
+from ._discovery import connect
+from .client import Client
+from .server import Server
+
 if TYPE_CHECKING:
     from ._core.token import Token
-    from .client import Client
 
 
 class TaskSlot:
@@ -105,8 +108,6 @@ def default_client() -> Client:
     slot = current_slot.get()
     if slot is not None:
         return slot.client
-    from ._discovery import connect
-
     return connect()
 
 
@@ -114,9 +115,8 @@ def resolve_client(client: object) -> Client:
     """What a ``client=`` argument means: None is :func:`default_client`, a
     Server stands for its ``.client``; anything else but a Client is a
     TypeError now (not an AttributeError later, inside a task group)."""
-    from .client import Client
-    from .server import Server
-
+    if type(client) is Client:
+        return client
     if client is None:
         return default_client()
     if isinstance(client, Server):

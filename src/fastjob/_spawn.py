@@ -253,17 +253,26 @@ def _argv(command: Any) -> list[Any]:
     return argv
 
 
-def _resolve(program: Any, env: Mapping[str, str]) -> tuple[Any, bool]:
+def _resolve(program: Any, env: Mapping[Any, Any]) -> tuple[Any, bool]:
     """(path, search): posix_spawnp searches this process's PATH, so a child
     env with another PATH is searched here, as subprocess does."""
     name = os.fsdecode(program)
-    if "/" in name or env.get("PATH") == os.environ.get("PATH"):
-        return program, "/" not in name
-    for d in os.get_exec_path(env):
+    if "/" in name:
+        return program, False
+    path = env.get(b"PATH") if _bytes_env(env) else env.get("PATH")
+    if path is None or os.fsencode(path) == os.environb.get(b"PATH"):
+        return program, True
+    for d in os.get_exec_path({"PATH": os.fsdecode(path)}):
         cand = os.path.join(d, name)
         if os.access(cand, os.X_OK) and not os.path.isdir(cand):
             return cand, False
     raise FileNotFoundError(2, "No such file or directory", name)
+
+
+def _bytes_env(env: Mapping[Any, Any]) -> bool:
+    for key in env:
+        return isinstance(key, bytes)
+    return False
 
 
 class Child:
@@ -364,7 +373,7 @@ def _forget_fd(fd: int) -> None:
 
 def spawn(
     command: Any,
-    env: Mapping[str, str],
+    env: Mapping[Any, Any],
     *,
     stdin: Stdio,
     stdout: Stdio,
@@ -413,7 +422,7 @@ def spawn(
 
 def _spawn_popen(
     argv: list[Any],
-    env: Mapping[str, str],
+    env: Mapping[Any, Any],
     stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
@@ -481,7 +490,7 @@ def check_returncode(command: Any, rc: int, out: bytes | None, err: bytes | None
 
 async def run_child(
     command: Any,
-    env: Mapping[str, str],
+    env: Mapping[Any, Any],
     *,
     input: bytes | None,
     stdin: Stdio,
@@ -659,7 +668,7 @@ class SpawnedProcess(anyio.abc.Process):
 
 def open_child(
     command: Any,
-    env: Mapping[str, str],
+    env: Mapping[Any, Any],
     *,
     stdin: Stdio,
     stdout: Stdio,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import IO, Any
@@ -52,6 +53,32 @@ def child_env(
     if share_jobserver:
         return client.env(None if env is None else dict(env)), client.pass_fds
     return child_environment(env, None), ()
+
+
+# The last environment built for env=None, as bytes (what posix_spawn
+# passes on without encoding it again): (client, jobs, share_jobserver,
+# os.environ's contents then, the environment).  Building it costs more than
+# the spawn itself; it is rebuilt when os.environ or the pool changes.
+_EnvKey = tuple["weakref.ref[Client]", "int | None", bool, dict[bytes, bytes]]
+_last_env: tuple[_EnvKey, dict[bytes, bytes]] | None = None
+_environ_data: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
+
+
+def _fast_env(client: Client, share_jobserver: bool, env: Mapping[str, str] | None) -> Mapping[Any, Any]:
+    """The child's environment for the fast path: as :func:`child_env`, but
+    reused while nothing it depends on has changed (env=None only)."""
+    global _last_env
+    if env is not None or _environ_data is None:
+        return child_env(client, share_jobserver, env)[0]
+    last = _last_env
+    if last is not None:
+        (ref, jobs, share, data), built = last
+        if ref() is client and jobs == client.jobs and share == share_jobserver and data == _environ_data:
+            return built
+    made = child_env(client, share_jobserver, None)[0]
+    built = {os.fsencode(k): os.fsencode(v) for k, v in made.items()}
+    _last_env = ((weakref.ref(client), client.jobs, share_jobserver, dict(_environ_data)), built)
+    return built
 
 
 def _merge_fds(kwargs: dict[str, Any], fds: tuple[int, ...]) -> None:
@@ -121,18 +148,18 @@ async def run_process(
     client = resolve_client(client)
     check_weight(weight, client)
     popen, fast = _split(kwargs)
-    child_environ, fds = child_env(client, share_jobserver, env)
+    fds = client.pass_fds if share_jobserver else ()
     all_fds = tuple(dict.fromkeys((*pass_fds, *fds))) if fds else tuple(pass_fds)
     async with child_slot(client, weight):
         if fast:
             return await _spawn.run_child(
-                command, child_environ, input=input, stdin=stdin, stdout=stdout, stderr=stderr,
+                command, _fast_env(client, share_jobserver, env), input=input, stdin=stdin, stdout=stdout, stderr=stderr,
                 check=check, cwd=cwd, pass_fds=all_fds,
                 close_fds=_close_fds(client, share_jobserver, all_fds),
                 start_new_session=start_new_session, popen_kwargs=popen,
             )  # fmt: skip
         return await _run_portable(
-            command, child_environ, input=input, stdin=stdin, stdout=stdout, stderr=stderr,
+            command, child_env(client, share_jobserver, env)[0], input=input, stdin=stdin, stdout=stdout, stderr=stderr,
             check=check, cwd=cwd, pass_fds=all_fds, kwargs={**popen, **kwargs},
         )  # fmt: skip
 
@@ -217,12 +244,12 @@ async def open_process(
     client = resolve_client(client)
     check_weight(weight, client)
     popen, fast = _split(kwargs)
-    child_environ, fds = child_env(client, share_jobserver, env)
+    fds = client.pass_fds if share_jobserver else ()
     all_fds = tuple(dict.fromkeys((*pass_fds, *fds))) if fds else tuple(pass_fds)
     async with child_slot(client, weight):
         if fast:
             proc = _spawn.open_child(
-                command, child_environ, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+                command, _fast_env(client, share_jobserver, env), stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
                 pass_fds=all_fds, close_fds=_close_fds(client, share_jobserver, all_fds),
                 start_new_session=start_new_session, popen_kwargs=popen,
             )  # fmt: skip
@@ -237,7 +264,8 @@ async def open_process(
                 await proc.aclose()
             return
         process = await anyio.open_process(
-            command, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=child_environ,
+            command, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+            env=child_env(client, share_jobserver, env)[0],
             pass_fds=all_fds, start_new_session=True, **popen, **kwargs,
         )  # fmt: skip
         try:
