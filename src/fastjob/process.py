@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import subprocess
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import IO, Any
 
 import anyio
@@ -181,10 +181,11 @@ async def _run_portable(
     stopped), with the group stop on cancellation."""
     if input is not None and stdin is not None:
         raise ValueError("give either input or stdin, not both")
-    process = await anyio.open_process(
-        command, stdin=subprocess.PIPE if input is not None else stdin, stdout=stdout,
-        stderr=stderr, cwd=cwd, env=env, pass_fds=pass_fds, start_new_session=True, **kwargs,
-    )  # fmt: skip
+    with _named(command):
+        process = await anyio.open_process(
+            command, stdin=subprocess.PIPE if input is not None else stdin, stdout=stdout,
+            stderr=stderr, cwd=cwd, env=env, pass_fds=pass_fds, start_new_session=True, **kwargs,
+        )  # fmt: skip
     out: list[bytes] = []
     err: list[bytes] = []
 
@@ -213,6 +214,19 @@ async def _run_portable(
     if check:
         _spawn.check_returncode(command, rc, stdout_b, stderr_b)
     return subprocess.CompletedProcess(command, rc, stdout_b, stderr_b)
+
+
+@contextmanager
+def _named(command: Command) -> Iterator[None]:
+    """A FileNotFoundError that does not say which program (uvloop's) gets
+    its name."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        if exc.filename is not None or isinstance(command, (str, bytes)):
+            raise
+        program = os.fsdecode(next(iter(command), ""))
+        raise FileNotFoundError(exc.errno, exc.strerror, program) from None
 
 
 @asynccontextmanager
@@ -263,11 +277,12 @@ async def open_process(
                 # Shielded so the slots are never released while the child runs.
                 await proc.aclose()
             return
-        process = await anyio.open_process(
-            command, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
-            env=child_env(client, share_jobserver, env)[0],
-            pass_fds=all_fds, start_new_session=True, **popen, **kwargs,
-        )  # fmt: skip
+        with _named(command):
+            process = await anyio.open_process(
+                command, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+                env=child_env(client, share_jobserver, env)[0],
+                pass_fds=all_fds, start_new_session=True, **popen, **kwargs,
+            )  # fmt: skip
         try:
             yield process
         except BaseException:
