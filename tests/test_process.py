@@ -506,3 +506,32 @@ async def test_jobgroup_run_process_on_every_path(spawn_path: str) -> None:
                 for _ in range(20):
                     await g.spawn(functools.partial(fastjob.run_process, ["true"], client=s.client))
         _all_back(s)
+
+
+def test_fds_this_process_inherited_are_not_passed_on(tmp_path: Path) -> None:
+    """As with subprocess's close_fds=True: an fd this process got inheritable
+    from its parent (make's pool fds in a ``+`` recipe, say) does not reach a
+    child unless it is in pass_fds."""
+    r, w = os.pipe()
+    try:
+        code = f"""
+            import anyio, fastjob, sys
+            probe = [sys.executable, "-c", "import os, sys; os.fstat({w})"]
+            async def main():
+                with fastjob.Server(2) as s:
+                    a = await fastjob.run_process(probe, client=s, check=False)
+                    b = await fastjob.run_process(probe, client=s, check=False, pass_fds=[{w}])
+                    return a.returncode, b.returncode
+            print(*anyio.run(main))
+        """
+        for path in ("fast", "portable"):
+            env = dict(os.environ, FASTJOB_SPAWN=path)
+            done = subprocess.run(
+                [PY, "-c", textwrap.dedent(code)], env=env, pass_fds=[w], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr
+            without, passed = map(int, done.stdout.split())
+            assert without != 0 and passed == 0, path
+    finally:
+        os.close(r)
+        os.close(w)

@@ -330,7 +330,7 @@ class Child:
     async def wait(self, reap: bool = True) -> int:
         """Wait for the child to exit (and reap it); cancelling this stops its
         whole group first (see :func:`stop_group`)."""
-        if self.poll() is not None:
+        if self.returncode is not None:
             await anyio.lowlevel.checkpoint()
         else:
             try:
@@ -544,8 +544,7 @@ class _FdStream:
     """A non-blocking pipe end this process owns."""
 
     def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self._fd = fd
+        self._fd = fd  # made non-blocking before the child was started
 
     def _check(self) -> int:
         if self._fd < 0:
@@ -687,6 +686,7 @@ def open_child(
         for i, spec in enumerate((stdin, stdout, stderr)):
             if spec == PIPE:
                 r, w = os.pipe()
+                os.set_blocking(w if i == 0 else r, False)  # our end only
                 parent.append(w if i == 0 else r)
                 child_ends.append(r if i == 0 else w)
                 ends.append(r if i == 0 else w)
