@@ -3,6 +3,9 @@ jobs (a generated Makefile), side by side in one run, alternated rounds.
 
 Measures (medians of the rounds, as ratios to make):
 
+A second fastjob contender, plain anyio tasks bounded by a semaphore each
+calling run_process, shows run_process's own cost apart from JobGroup's.
+
 - **scheduler CPU per job**: the CPU time of the scheduling process itself
   (not of its children), per ``true`` job, at -j2 and -j4.  Taken as the
   slope between a run of N jobs and one of N/10, so start-up, imports and
@@ -36,9 +39,12 @@ PY = sys.executable
 TARGETS = {"cpu": 2.0, "true": 1.3, "sleep": 1.03}
 
 
-def _worker(jobs: int, n: int, argv: list[str], backend: str) -> None:
-    """JobGroup + run_process of n copies of argv at -j jobs; prints this
-    process's own CPU seconds (user + system) when done."""
+def _worker(jobs: int, n: int, argv: list[str], backend: str, how: str) -> None:
+    """n copies of argv at -j jobs through JobGroup + run_process (``how`` =
+    "group"), or through plain tasks bounded by an anyio.Semaphore, each
+    calling run_process (``how`` = "tasks": run_process's own cost without
+    JobGroup's token waits); prints this process's own CPU seconds (user +
+    system) when done."""
     import functools
 
     import anyio
@@ -48,9 +54,23 @@ def _worker(jobs: int, n: int, argv: list[str], backend: str) -> None:
     async def main() -> None:
         with fastjob.Server(jobs=jobs) as server:
             run = functools.partial(fastjob.run_process, client=server.client)
-            async with fastjob.JobGroup(server.client) as group:
+            if how == "group":
+                async with fastjob.JobGroup(server.client) as group:
+                    for _ in range(n):
+                        await group.spawn(run, argv)
+                return
+            sem = anyio.Semaphore(jobs)
+
+            async def job() -> None:
+                try:
+                    await run(argv)
+                finally:
+                    sem.release()
+
+            async with anyio.create_task_group() as tg:
                 for _ in range(n):
-                    await group.spawn(run, argv)
+                    await sem.acquire()
+                    tg.start_soon(job)
 
     if backend == "uvloop":
         anyio.run(main, backend_options={"use_uvloop": True})
@@ -104,14 +124,22 @@ def measure(rounds: int, n: int, backend: str, log: Any = print) -> dict[str, An
             w, _ = _run(["make", f"-j{jobs}", "-s", "-f", str(mks[(k, kind)])], env)
             return w, _make_cpu(stat)
 
-        def fastjob(jobs: int, k: int, kind: str) -> tuple[float, float]:
-            argv = ["true"] if kind == "true" else ["sleep", "0.01"]
-            w, out = _run([PY, __file__, "--worker", str(jobs), str(k), backend, *argv], env)
-            return w, float(json.loads(out.splitlines()[-1])["cpu"])
+        def worker(how: str) -> Any:
+            def run(jobs: int, k: int, kind: str) -> tuple[float, float]:
+                argv = ["true"] if kind == "true" else ["sleep", "0.01"]
+                w, out = _run([PY, __file__, "--worker", str(jobs), str(k), backend, how, *argv], env)
+                return w, float(json.loads(out.splitlines()[-1])["cpu"])
 
-        contenders = {"make -jN": make, "JobGroup + run_process": fastjob}
+            return run
+
+        contenders = {
+            "make -jN": make,
+            "JobGroup + run_process": worker("group"),
+            "tasks + run_process": worker("tasks"),
+        }
         for r in range(rounds):
-            names = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
+            k = r % len(contenders)
+            names = list(contenders)[k:] + list(contenders)[:k]
             for jobs in (2, 4):
                 for name in names:
                     w1, c1 = contenders[name](jobs, n, "true")
@@ -124,28 +152,30 @@ def measure(rounds: int, n: int, backend: str, log: Any = print) -> dict[str, An
             log(f"  round {r + 1}/{rounds} done")
     med = {k: statistics.median(v) for k, v in {**cpu, **wall}.items()}
     rows = []
-    for jobs in (2, 4):
-        a, b = med[f"JobGroup + run_process/-j{jobs}"], med[f"make -jN/-j{jobs}"]
-        rows.append((f"scheduler CPU per job, `true`, -j{jobs}", f"{a * 1e6:.0f} µs", f"{b * 1e6:.0f} µs", a / b, TARGETS["cpu"]))
-    a, b = med["JobGroup + run_process/true/-j4"], med["make -jN/true/-j4"]
-    rows.append((f"makespan, {n:,} `true`, -j4", f"{a:.2f} s", f"{b:.2f} s", a / b, TARGETS["true"]))
-    a, b = med["JobGroup + run_process/sleep/-j4"], med["make -jN/sleep/-j4"]
-    rows.append(("makespan, 1,000 `sleep 0.01`, -j4", f"{a:.2f} s", f"{b:.2f} s", a / b, TARGETS["sleep"]))
+    for name in ("JobGroup + run_process", "tasks + run_process"):
+        for jobs in (2, 4):
+            a, b = med[f"{name}/-j{jobs}"], med[f"make -jN/-j{jobs}"]
+            rows.append((name, f"scheduler CPU per job, `true`, -j{jobs}", f"{a * 1e6:.0f} µs", f"{b * 1e6:.0f} µs", a / b, TARGETS["cpu"]))
+        a, b = med[f"{name}/true/-j4"], med["make -jN/true/-j4"]
+        rows.append((name, f"makespan, {n:,} `true`, -j4", f"{a:.2f} s", f"{b:.2f} s", a / b, TARGETS["true"]))
+        a, b = med[f"{name}/sleep/-j4"], med["make -jN/sleep/-j4"]
+        rows.append((name, "makespan, 1,000 `sleep 0.01`, -j4", f"{a:.2f} s", f"{b:.2f} s", a / b, TARGETS["sleep"]))
     return {
         "params": {"rounds": rounds, "jobs": n, "slope_from": n0, "backend": backend,
                    "cores": os.cpu_count(), "load_average": os.getloadavg()},
         "samples": {"cpu_per_job_s": cpu, "wall_s": wall},
-        "rows": [{"measure": m, "fastjob": f, "make": k, "ratio": r, "target": t} for m, f, k, r, t in rows],
+        "rows": [{"contender": c, "measure": m, "fastjob": f, "make": k, "ratio": r, "target": t}
+                 for c, m, f, k, r, t in rows],
     }  # fmt: skip
 
 
 def table(res: dict[str, Any]) -> str:
-    out = ["| measure | JobGroup + run_process | make -jN | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    out = ["| contender | measure | it | make -jN | ratio | target |", "| --- | --- | --- | --- | --- | --- |"]
     for row in res["rows"]:
         ok = "met" if row["ratio"] <= row["target"] else "missed"
         out.append(
-            f"| {row['measure']} | {row['fastjob']} | {row['make']} | {row['ratio']:.2f}x | "
-            f"<= {row['target']}x ({ok}) |"
+            f"| {row['contender']} | {row['measure']} | {row['fastjob']} | {row['make']} | "
+            f"{row['ratio']:.2f}x | <= {row['target']}x ({ok}) |"
         )
     return "\n".join(out)
 
@@ -159,8 +189,8 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args()
     if a.worker:
-        jobs, n, backend, *argv = a.worker
-        _worker(int(jobs), int(n), argv, backend)
+        jobs, n, backend, how, *argv = a.worker
+        _worker(int(jobs), int(n), argv, backend, how)
         return
     res = measure(a.rounds, a.jobs, a.backend, lambda m: print(m, file=sys.stderr))
     if a.json:
