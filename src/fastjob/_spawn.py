@@ -60,10 +60,6 @@ PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 STDOUT = subprocess.STDOUT
 
-# Keyword arguments only subprocess.Popen understands (posix_spawn cannot
-# express them): they take the Popen start on the fast path.
-_POPEN_ONLY = ("user", "group", "extra_groups", "umask")
-
 Stdio = int | IO[Any] | None
 
 
