@@ -473,12 +473,37 @@ def split_sources(argv: list[str]) -> tuple[list[str], list[tuple[str, list[str]
     return argv[:cut], groups
 
 
+#: options of ``fastjob parallel`` that take the next word as their value
+_PARALLEL_VALUED = frozenset(
+    "-j --jobs --halt -a --arg-file -n --max-args --timeout --joblog --trace --report".split()
+)
+
+
+def _glue_negative_halt(argv: list[str]) -> list[str]:
+    """``--halt -1`` (GNU's soon,success=1) as ``--halt=-1``: argparse takes
+    a word like -1 for an option once the parser has one like -0.  Only in
+    the options, never in the command template after them."""
+    out = list(argv)
+    i = 1  # argv[0] is "parallel"
+    while i < len(out):
+        word = out[i]
+        if word == "--halt" and i + 1 < len(out) and out[i + 1] in ("-1", "-2"):
+            out[i : i + 2] = [f"--halt={out[i + 1]}"]
+        elif word in _PARALLEL_VALUED:
+            i += 1
+        elif not word.startswith("-") or word == "--":
+            break
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastjob`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     groups: list[tuple[str, list[str]]] = []
     if argv and argv[0] == "parallel":
         argv, groups = split_sources(argv)
+        argv = _glue_negative_halt(argv)
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
     if extra:

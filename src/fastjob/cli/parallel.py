@@ -212,7 +212,14 @@ _HALT = re.compile(r"(now|soon),(fail|success|done)=(\d+)")
 
 def parse_halt(text: str) -> Halt | None:
     """None for ``never`` / ``0``; ValueError naming the accepted forms."""
-    legacy = {"0": None, "never": None, "1": Halt("soon", "fail", 1), "2": Halt("now", "fail", 1)}
+    legacy = {
+        "0": None,
+        "never": None,
+        "1": Halt("soon", "fail", 1),
+        "2": Halt("now", "fail", 1),
+        "-1": Halt("soon", "success", 1),
+        "-2": Halt("now", "success", 1),
+    }
     if text in legacy:
         return legacy[text]
     m = _HALT.fullmatch(text)
@@ -763,7 +770,15 @@ class Runner:
         if seen < h.count:
             return
         self.halted = h
-        self.halt_status = 0 if h.what == "success" else status
+        # GNU parallel's exit status after a halt: 0 for success=N, the
+        # status of the job that triggered it for fail=1 / done=1, else the
+        # number of failed jobs
+        if h.what == "success":
+            self.halt_status = 0
+        elif h.count == 1:
+            self.halt_status = status
+        else:
+            self.halt_status = min(self.failed, MAX_STATUS)
         self._stop_scheduling()
         if h.when == "now":
             self._kill_all(signal.SIGTERM)
