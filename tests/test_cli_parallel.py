@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -353,7 +354,10 @@ def test_job_slots_never_exceed_the_pool() -> None:
 def test_a_duplicate_signal_is_not_escalated(spawn_env: dict[str, str]) -> None:
     """timeout -s INT delivers SIGINT to fastjob and again to its process
     group: the jobs must get SIGINT once, not SIGKILL."""
-    script = "trap 'sleep 0.3; echo INT-{}; exit 7' INT; echo up > /dev/fd/{w}; sleep 30 & wait"
+    script = (
+        "trap 'echo INT > /dev/fd/{w}; sleep 0.3; echo INT-{}; exit 7' INT; "
+        "echo up > /dev/fd/{w}; sleep 30 & wait"
+    )
     r, w = os.pipe()
     try:
         with subprocess.Popen(
@@ -367,19 +371,42 @@ def test_a_duplicate_signal_is_not_escalated(spawn_env: dict[str, str]) -> None:
         ) as p:
             os.close(w)
             w = -1
-            up = b""
-            while up.count(b"up") < 2:
+            seen = b""
+            while seen.count(b"up") < 2:
                 assert select.select([r], [], [], TIMEOUT)[0], "jobs never started"
-                up += os.read(r, 64)
+                seen += os.read(r, 64)
             p.send_signal(signal.SIGINT)
-            p.send_signal(signal.SIGINT)  # the same event, delivered twice
+            while b"INT" not in seen:  # forwarded: a job's trap runs
+                assert select.select([r], [], [], TIMEOUT)[0], "SIGINT never forwarded"
+                seen += os.read(r, 64)
+            # the same event again, as timeout's kill(0, SIGINT) delivers it,
+            # a few ms after the first: not a reason to SIGKILL the jobs
+            p.send_signal(signal.SIGINT)
             out, err = p.communicate(timeout=TIMEOUT)
     finally:
         os.close(r)
         if w >= 0:
             os.close(w)
     assert p.returncode == 128 + signal.SIGINT
-    assert out.decode().splitlines() == ["INT-a", "INT-b"]
+    assert out.decode().splitlines() == ["INT-a", "INT-b"], err.decode()
+
+
+def test_timeout_s_int_stops_jobs_with_sigint(spawn_env: dict[str, str]) -> None:
+    """The real thing: timeout(1) signals fastjob and its process group."""
+    timeout = shutil.which("timeout")
+    if timeout is None:
+        pytest.skip("needs coreutils timeout")
+    script = "trap 'sleep 0.3; echo INT-{}; exit 7' INT; sleep 30 & wait"
+    r = subprocess.run(
+        [timeout, "-s", "INT", "1", *FASTJOB, "parallel", "-j2", "-k", script, ":::", "a", "b"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=spawn_env,
+        timeout=TIMEOUT,
+        preexec_fn=default_signals,
+    )
+    assert r.returncode == 124  # timeout's status when it had to signal
+    assert r.stdout.decode().splitlines() == ["INT-a", "INT-b"], r.stderr.decode()
 
 
 def test_a_later_signal_kills(spawn_env: dict[str, str]) -> None:
