@@ -293,8 +293,10 @@ def add_parallel_arguments(par: argparse.ArgumentParser) -> None:
     par.add_argument("template", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, for --help and for tests."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, for --help and for tests.  With ``only``, the
+    other subcommands get no options (a start-up saving: only the command
+    being run is ever parsed)."""
     p = _Parser(
         prog="fastjob",
         description=DESCRIPTION,
@@ -313,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=_formatter,
     )
-    add_run_arguments(run)
+    if only in (None, "run"):
+        add_run_arguments(run)
     doc = sub.add_parser(
         "doctor",
         help="explain the jobserver this process would see, and how to fix it",
@@ -321,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=DOCTOR_EPILOG,
         formatter_class=_formatter,
     )
-    doc.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    if only in (None, "doctor"):
+        doc.add_argument("--json", action="store_true", help="print one JSON object for machines")
     par = sub.add_parser(
         "parallel",
         help="run many commands through the jobserver, like GNU parallel",
@@ -332,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=PARALLEL_EPILOG,
         formatter_class=_formatter,
     )
-    add_parallel_arguments(par)
+    if only in (None, "parallel"):
+        add_parallel_arguments(par)
     return p
 
 
@@ -500,11 +505,14 @@ def _glue_negative_halt(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastjob`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # without building the parser: a start-up check
+        sys.stdout.write(f"fastjob {__version__}\n")
+        return 0
     groups: list[tuple[str, list[str]]] = []
     if argv and argv[0] == "parallel":
         argv, groups = split_sources(argv)
         argv = _glue_negative_halt(argv)
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and argv[0] in ("run", "doctor", "parallel") else None)
     ns, extra = parser.parse_known_args(argv)
     if extra:
         prog = f"fastjob {ns.cmd}" if ns.cmd else "fastjob"

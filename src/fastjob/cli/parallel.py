@@ -379,6 +379,7 @@ class Runner:
         self._drawn = False
         self._env = pool.env
         self._joblog: IO[bytes] | None = None
+        self._paths: dict[str, str] = {}
         # FASTJOB_PARALLEL_SPAWN=anyio forces the portable path (for tests).
         self._fast = (
             hasattr(os, "pidfd_open")
@@ -543,9 +544,25 @@ class Runner:
             (os.POSIX_SPAWN_DUP2, job.pair[0].fileno(), 1),
             (os.POSIX_SPAWN_DUP2, job.pair[1].fileno(), 2),
         ]
-        spawn = os.posix_spawn if program.startswith("/") else os.posix_spawnp
-        job.pid = spawn(program, argv, self._env, file_actions=actions, setpgroup=0)
+        path = self._resolve(program)
+        if path is None:  # not found (or not executable): let exec say why
+            job.pid = os.posix_spawnp(program, argv, self._env, file_actions=actions, setpgroup=0)
+        else:
+            job.pid = os.posix_spawn(path, argv, self._env, file_actions=actions, setpgroup=0)
         self._register(job)
+
+    def _resolve(self, program: str) -> str | None:
+        """The file a PATH search finds for ``program``, looked up once per
+        run (the jobs' PATH does not change); None when there is none."""
+        if "/" in program:
+            return program
+        try:
+            return self._paths[program]
+        except KeyError:
+            found = shutil.which(program, path=self._env.get("PATH", os.defpath))
+            if found is not None:
+                self._paths[program] = found
+            return found
 
     def _register(self, job: _Job) -> None:
         assert job.pid is not None
