@@ -433,8 +433,8 @@ def _cmd_parallel(ns: argparse.Namespace, groups: list[tuple[str, list[str]]]) -
 
     template = list(ns.template)
     if template and template[0] == "--":
-        template = template[1:]
-    if template and template[0].startswith("-"):
+        template = template[1:]  # after --, a command may start with "-"
+    elif template and template[0].startswith("-"):
         _fail("fastjob parallel", f"unsupported option {template[0]!r}")
     sources = _sources(ns, groups)
     spec = Spec(
