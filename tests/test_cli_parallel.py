@@ -469,3 +469,33 @@ def test_duplicate_window_rule() -> None:
     assert killed == [signal.SIGINT]
     f.on_signal(signal.SIGINT, 100.0 + par.DUPLICATE_WINDOW + 0.01)
     assert killed == [signal.SIGINT, signal.SIGKILL]
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the callback path needs pidfd (Linux)")
+@pytest.mark.parametrize("backend", ["", "uvloop"])
+def test_one_callback_per_job_and_direct_token_hand_off(
+    backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In process: 24 jobs at -j4 run without a task per job, and an ended
+    job's token goes to the next command without going through the pool
+    (4 tokens acquired in all, not 24)."""
+    import asyncio
+
+    from fastjob.cli.parallel import Spec, Template, parallel
+
+    if backend:
+        pytest.importorskip("uvloop")
+    monkeypatch.setenv("FASTJOB_PARALLEL_BACKEND", backend)
+    monkeypatch.delenv("FASTJOB_PARALLEL_SPAWN", raising=False)
+    for var in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS"):
+        monkeypatch.delenv(var, raising=False)
+    tasks: list[int] = []
+    acquired: list[int] = []
+    spec = Spec([[str(i)] for i in range(24)], Template(["sleep 0.02 #"]), jobs=4)
+    spec.on_job.append(lambda rec: tasks.append(len(asyncio.all_tasks())))
+    spec.on_stop.append(lambda pool: acquired.append(pool.client.statistics().tokens_acquired))
+    assert parallel(spec) == 0
+    assert len(tasks) == 24
+    # the main task, the signal watcher and the one acquirer: no job tasks
+    assert max(tasks) <= 3, tasks
+    assert acquired == [4]
