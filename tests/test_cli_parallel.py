@@ -398,7 +398,7 @@ def test_timeout_s_int_stops_jobs_with_sigint(spawn_env: dict[str, str]) -> None
         pytest.skip("needs coreutils timeout")
     script = "trap 'sleep 0.3; echo INT-{}; exit 7' INT; sleep 30 & wait"
     r = subprocess.run(
-        [timeout, "-s", "INT", "1", *FASTJOB, "parallel", "-j2", "-k", script, ":::", "a", "b"],
+        [timeout, "-s", "INT", "4", *FASTJOB, "parallel", "-j2", "-k", script, ":::", "a", "b"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         env=spawn_env,
