@@ -38,7 +38,7 @@ examples:
 exit status:
   run: the command's (128+N when a signal N killed it); doctor: 0 usable,
   1 named but broken, 2 none; parallel: the number of failed commands
-  (at most 101); 2 for bad usage."""
+  (at most 101, or GNU parallel's status after --halt); 2 for bad usage."""
 
 RUN_DESCRIPTION = """\
 Run COMMAND under a jobserver.  When this process inherited one (it runs in
@@ -49,7 +49,9 @@ named to COMMAND in MAKEFLAGS and MFLAGS; a pipe pool's
 file descriptors are inherited by COMMAND.
 
 COMMAND runs in its own process group; SIGINT, SIGTERM and SIGHUP sent to
-fastjob are forwarded to that group.  When it exits, a new pool is counted
+fastjob are forwarded to that group (a signal forwarded less than 0.5 s
+before is not forwarded again: timeout -s and kill -- -PGID deliver one
+event twice).  When it exits, a new pool is counted
 the way make does: tokens that were not returned (a child killed while
 holding one) are reported on stderr and put back, extra ones removed; a
 FIFO is removed on every exit path short of SIGKILL."""
@@ -109,10 +111,10 @@ The output of each command is kept together, written when it ends (stdout
 to stdout, stderr to stderr; with -k in input order).  Every command runs,
 whatever fails, unless --halt says otherwise.  On a terminal a progress
 line shows done, running, failed and the ETA.  SIGINT, SIGTERM and SIGHUP
-are forwarded to every running command and stop new ones from starting; a
-repeat of that signal within 0.5 s is taken as the same event (timeout -s
-and kill -- -PGID deliver it twice) and ignored, a signal arriving later
-kills the commands (SIGKILL); every token is returned.  docs/cli.md lists
+are forwarded to every running command and stop new ones from starting;
+any further signal within 0.5 s of the first is taken as the same event
+(timeout -s and kill -- -PGID deliver it twice) and ignored, one arriving
+later kills the commands (SIGKILL); every token is returned.  docs/cli.md lists
 where fastjob parallel differs from GNU parallel."""
 
 PARALLEL_EPILOG = """\
@@ -125,8 +127,9 @@ examples:
   in a Makefile:   +fastjob parallel -a cmds.txt
 
 exit status:
-  the number of failed commands (at most 101); with --halt, the status of
-  the command that triggered it (0 for success=N); 128+N after signal N;
+  the number of failed commands (at most 101); after a --halt, as in GNU
+  parallel: the status of the command that triggered fail=1 or done=1, 0
+  for success=N, else the number of failed commands; 128+N after signal N;
   2 for bad usage."""
 
 #: The largest -j: a pipe pool holds one byte per slot, and a Linux pipe
