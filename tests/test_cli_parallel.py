@@ -242,6 +242,13 @@ def test_progress_on_a_terminal() -> None:
     assert b"0 failed" in seen
 
 
+@pytest.mark.parametrize("flag", ["--progress", "--bar", "--eta"])
+def test_progress_flags_force_the_progress_line(flag: str) -> None:
+    r = parallel(flag, "true", ":::", "1", "2")
+    assert r.returncode == 0
+    assert "2/2 done" in r.stderr
+
+
 def test_no_progress_flag_on_a_terminal() -> None:
     master, slave = pty.openpty()
     try:

@@ -280,6 +280,10 @@ def add_parallel_arguments(par: argparse.ArgumentParser) -> None:
         help="show done / running / failed / ETA on stderr (default: only when "
         "stderr is a terminal)",
     )
+    par.add_argument(
+        "--bar", "--eta", dest="progress", action="store_const", const=True,
+        help="GNU parallel's spellings of --progress (the same progress line)",
+    )
     # GNU parallel asks to be cited unless given this; accepted so that command
     # lines written for it run unchanged.
     par.add_argument("--will-cite", action="store_true", help=argparse.SUPPRESS)
