@@ -14,7 +14,7 @@ import fastjob
 HEAVY = ("asyncio", "anyio", "dataclasses", "inspect")
 
 
-def imported_by(*args: str) -> set[str]:
+def imported_by(*args: str, status: int = 0) -> set[str]:
     """Modules a fresh ``python -X importtime ARGS`` imported (its stderr)."""
     r = subprocess.run(
         [sys.executable, "-X", "importtime", *args],
@@ -24,7 +24,7 @@ def imported_by(*args: str) -> set[str]:
         text=True,
         timeout=TIMEOUT,
     )
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == status, r.stderr[-2000:]
     names = set()
     for line in r.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
@@ -92,13 +92,15 @@ def _client_imports_anyio() -> bool:
     return "anyio" in names
 
 
-def test_run_imports_no_anyio() -> None:
+def test_run_and_doctor_import_no_event_loop() -> None:
     if _client_imports_anyio():
         pytest.skip(
             "fastjob.client imports anyio at import time in this tree (made lazy by the core "
             "change to client.py/_backend.py); fastjob run's own modules are checked below"
         )
     names = top(imported_by("-m", "fastjob", "run", "-j2", "--", "true"))
+    assert not names & {"asyncio", "anyio", "trio"}, sorted(names & {"asyncio", "anyio"})
+    names = top(imported_by("-m", "fastjob", "doctor", status=2))  # 2: no jobserver here
     assert not names & {"asyncio", "anyio", "trio"}, sorted(names & {"asyncio", "anyio"})
 
 
