@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,14 +22,27 @@ SPAN = "echo S $(date +%s%N); sleep 0.2; echo E $(date +%s%N)"
 
 
 
-def parallel(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def default_signals() -> None:
+    """preexec_fn: SIGINT/SIGTERM/SIGHUP at their defaults in the child, so a
+    suite started under nohup (SIGHUP ignored) or from a script's background
+    job (SIGINT ignored) tests the same thing as one started from a terminal."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def parallel(
+    *args: str, stdin: str | bytes = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
         [*FASTJOB, "parallel", *args],
-        input=stdin,
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
         env=clean_env() if env is None else env,
         capture_output=True,
-        text=True,
         timeout=TIMEOUT,
+        preexec_fn=default_signals,
+    )
+    return subprocess.CompletedProcess(
+        r.args, r.returncode, os.fsdecode(r.stdout), os.fsdecode(r.stderr)
     )
 
 
@@ -74,7 +89,8 @@ def test_template_with_lines_from_a_file(tmp_path: Path) -> None:
     f.write_text("x\ny\n\n")
     r = parallel("-j2", "--tag", "-a", str(f), "echo", "got", "{}")
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.splitlines()) == ["x\tgot x", "y\tgot y"]
+    # as in GNU parallel, the empty line is an (empty) argument too
+    assert sorted(r.stdout.splitlines()) == ["\tgot ", "x\tgot x", "y\tgot y"]
 
 
 def test_at_most_n_at_once(spawn_env: dict[str, str]) -> None:
@@ -89,15 +105,46 @@ def test_exit_status_counts_failures_with_keep_going(spawn_env: dict[str, str]) 
     assert r.stderr.count("fastjob: exit status") == 3
 
 
-def test_first_failure_stops_scheduling() -> None:
+def test_every_command_runs_after_a_failure_by_default() -> None:
     r = parallel("-j1", stdin="false\necho one\necho two\n")
     assert r.returncode == 1
+    assert r.stdout == "one\ntwo\n"
+    assert "not started" not in r.stderr
+
+
+def test_halt_soon_stops_scheduling_after_the_first_failure() -> None:
+    r = parallel("-j1", "--halt", "soon,fail=1", stdin="exit 4\necho one\necho two\n")
+    assert r.returncode == 4  # the failing command's status, as in GNU parallel
     assert r.stdout == ""
     assert "2 commands not started" in r.stderr
 
 
+def test_halt_now_kills_the_running_commands(spawn_env: dict[str, str]) -> None:
+    r = parallel("-j2", "--halt", "now,fail=1", "-k", stdin="exec sleep 30\nsleep 0.3; exit 5\n", env=spawn_env)
+    assert r.returncode == 5
+    assert "timed out" not in r.stderr
+
+
+def test_keep_going_cancels_halt() -> None:
+    r = parallel("-j1", "--halt", "soon,fail=1", "--keep-going", stdin="false\necho one\n")
+    assert r.returncode == 1
+    assert r.stdout == "one\n"
+
+
+def test_timeout_kills_and_counts_as_failed(spawn_env: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    r = parallel("--timeout", "0.3", "--joblog", str(log), "sleep", ":::", "0", "30", env=spawn_env)
+    assert r.returncode == 1
+    assert "fastjob: timed out: sleep 30" in r.stderr
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    assert rows[0] == "Seq Host Starttime JobRuntime Send Receive Exitval Signal Command".split()
+    by_cmd = {row[8]: row for row in rows[1:]}
+    assert by_cmd["sleep 30"][6:8] == ["-1", "15"]
+    assert by_cmd["sleep 0"][6:8] == ["0", "0"]
+
+
 def test_exit_status_is_capped_at_101() -> None:
-    r = parallel("-j2", "-k", stdin="exit 1\n" * 105)
+    r = parallel("-j2", stdin="exit 1\n" * 105)
     assert r.returncode == 101
 
 
@@ -147,6 +194,7 @@ def test_ctrl_c_stops_everything_and_returns_every_token(spawn_env: dict[str, st
             stderr=subprocess.PIPE,
             env=server.env(spawn_env),
             pass_fds=(*server.pass_fds, w),
+            preexec_fn=default_signals,
         ) as p:
             os.close(w)
             try:
@@ -194,6 +242,13 @@ def test_progress_on_a_terminal() -> None:
     assert b"0 failed" in seen
 
 
+@pytest.mark.parametrize("flag", ["--progress", "--bar", "--eta"])
+def test_progress_flags_force_the_progress_line(flag: str) -> None:
+    r = parallel(flag, "true", ":::", "1", "2")
+    assert r.returncode == 0
+    assert "2/2 done" in r.stderr
+
+
 def test_no_progress_flag_on_a_terminal() -> None:
     master, slave = pty.openpty()
     try:
@@ -213,13 +268,21 @@ def test_no_progress_flag_on_a_terminal() -> None:
 
 
 BAD = [
-    (["echo", ":::", "a"], "no {}"),
-    ([":::", "a"], "needs a COMMAND_TEMPLATE"),
     (["-a", "/", "echo", "{}"], "cannot read /"),
     (["-a", "/nonexistent/fastjob", "echo", "{}"], "No such file"),
+    (["echo", "::::", "/nonexistent/fastjob"], "No such file"),
+    (["echo", "::::"], "needs at least one FILE"),
     (["-j", "0"], "at least 1"),
     (["-j", "abc"], "not a number"),
-    (["--frobnicate"], "unrecognized option"),
+    (["-j", "99999999999"], "at most"),
+    (["-n", "0", "echo"], "from 1 to"),
+    (["--timeout", "50%", "sleep", "1"], "not a number of seconds"),
+    (["--halt", "sometimes", "true"], "unsupported --halt value"),
+    (["--halt", "now,fail=10%", "true"], "percentages are not supported"),
+    (["--frobnicate"], "unsupported option '--frobnicate'"),
+    (["--pipe", "cat"], "unsupported option '--pipe'"),
+    (["-X", "echo"], "unsupported option '-X'"),
+    (["-a", "-", "-a", "-", "echo"], "only once"),
 ]
 
 
@@ -231,3 +294,215 @@ def test_bad_input_is_one_line_and_status_2(args: list[str], words: str) -> None
     assert len(lines) == 1, r.stderr
     assert words in lines[0]
     assert r.stdout == ""
+
+
+def test_nul_separated_input_with_null() -> None:
+    r = parallel("-0", "-k", "printf", "'[%s]\\n'", stdin=b"a b\0c\nd\0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "[a b]\n[c\nd]\n"
+
+
+def test_nul_in_input_without_null_is_one_line_and_status_2() -> None:
+    r = parallel("echo", stdin=b"a\0b\n")
+    assert r.returncode == 2
+    assert len(r.stderr.splitlines()) == 1
+    assert "-0/--null" in r.stderr
+    assert r.stdout == ""
+    assert "Warning" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("sep", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"])
+def test_input_is_split_on_newline_only(sep: str) -> None:
+    r = parallel(stdin=f"echo one{sep}echo INJECTED\n".encode())
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.encode().split(b"\n")) == 2  # one command, one line of output
+    assert r.stdout.startswith("one")
+
+
+def test_non_utf8_arguments_never_traceback(spawn_env: dict[str, str]) -> None:
+    bad = os.fsdecode(b"caf\xe9")
+    r = parallel(
+        "--tag", "-k", "echo x{}; exit 3", ":::", bad, env=spawn_env
+    )
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stdout.encode(errors="surrogateescape") == b"caf\xe9\txcaf\xe9\n"
+    missing = parallel("--tag", os.fsdecode(b"no-such-\xff"), ":::", bad, env=spawn_env)
+    assert missing.returncode == 1
+    assert "Traceback" not in missing.stderr
+    assert "not found" in missing.stderr
+
+
+def test_non_utf8_input_lines_reach_the_command_byte_for_byte() -> None:
+    r = parallel("-k", "printf", "'%s\\n'", stdin=b"\xff\xfe\n\xe9t\xe9\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.encode(errors="surrogateescape") == b"\xff\xfe\n\xe9t\xe9\n"
+
+
+def test_dry_run_runs_nothing(tmp_path: Path) -> None:
+    r = parallel("--dry-run", "touch", str(tmp_path / "{}"), ":::", "a", "b")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == [f"touch {tmp_path}/a", f"touch {tmp_path}/b"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_keep_order_writes_in_input_order(spawn_env: dict[str, str]) -> None:
+    r = parallel("-j4", "-k", "sleep 0.{}; echo {}", ":::", "3", "2", "1", "0", env=spawn_env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "3\n2\n1\n0\n"
+
+
+def test_job_slots_never_exceed_the_pool() -> None:
+    r = parallel("-j2", "echo {%}", ":::", *"abcdefgh")
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) <= {"1", "2"}
+
+
+def test_a_duplicate_signal_is_not_escalated(spawn_env: dict[str, str]) -> None:
+    """timeout -s INT delivers SIGINT to fastjob and again to its process
+    group: the jobs must get SIGINT once, not SIGKILL."""
+    script = (
+        "trap 'echo INT > /dev/fd/{w}; sleep 0.3; echo INT-{}; exit 7' INT; "
+        "echo up > /dev/fd/{w}; sleep 30 & wait"
+    )
+    r, w = os.pipe()
+    try:
+        with subprocess.Popen(
+            [*FASTJOB, "parallel", "-j2", "-k", script.replace("{w}", str(w)), ":::", "a", "b"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=spawn_env,
+            pass_fds=(w,),
+            preexec_fn=default_signals,
+        ) as p:
+            os.close(w)
+            w = -1
+            seen = b""
+            while seen.count(b"up") < 2:
+                assert select.select([r], [], [], TIMEOUT)[0], "jobs never started"
+                seen += os.read(r, 64)
+            p.send_signal(signal.SIGINT)
+            while b"INT" not in seen:  # forwarded: a job's trap runs
+                assert select.select([r], [], [], TIMEOUT)[0], "SIGINT never forwarded"
+                seen += os.read(r, 64)
+            # the same event again, as timeout's kill(0, SIGINT) delivers it,
+            # a few ms after the first: not a reason to SIGKILL the jobs
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert p.returncode == 128 + signal.SIGINT
+    assert out.decode().splitlines() == ["INT-a", "INT-b"], err.decode()
+
+
+def test_timeout_s_int_stops_jobs_with_sigint(spawn_env: dict[str, str]) -> None:
+    """The real thing: timeout(1) signals fastjob and its process group."""
+    timeout = shutil.which("timeout")
+    if timeout is None:
+        pytest.skip("needs coreutils timeout")
+    script = "trap 'sleep 0.3; echo INT-{}; exit 7' INT; sleep 30 & wait"
+    r = subprocess.run(
+        [timeout, "-s", "INT", "4", *FASTJOB, "parallel", "-j2", "-k", script, ":::", "a", "b"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=spawn_env,
+        timeout=TIMEOUT,
+        preexec_fn=default_signals,
+    )
+    assert r.returncode == 124  # timeout's status when it had to signal
+    assert r.stdout.decode().splitlines() == ["INT-a", "INT-b"], r.stderr.decode()
+
+
+def test_a_later_signal_kills(spawn_env: dict[str, str]) -> None:
+    script = "trap '' INT; echo up > /dev/fd/{w}; sleep 30 & wait; sleep 30"
+    r, w = os.pipe()
+    try:
+        with subprocess.Popen(
+            [*FASTJOB, "parallel", "-j2", script.replace("{w}", str(w)), ":::", "a", "b"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=spawn_env,
+            pass_fds=(w,),
+            preexec_fn=default_signals,
+        ) as p:
+            os.close(w)
+            w = -1
+            up = b""
+            while up.count(b"up") < 2:
+                assert select.select([r], [], [], TIMEOUT)[0], "jobs never started"
+                up += os.read(r, 64)
+            p.send_signal(signal.SIGINT)  # ignored by the jobs (trap '')
+            # a person pressing Ctrl-C again, later: escalates to SIGKILL
+            deadline = time.monotonic() + TIMEOUT
+            while p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.6)
+                p.send_signal(signal.SIGINT)
+            p.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert p.returncode == 128 + signal.SIGINT
+
+
+def test_duplicate_window_rule() -> None:
+    """The rule itself, without processes: repeats inside the window are
+    ignored, the first one after it kills."""
+    from fastjob.cli import parallel as par
+
+    killed: list[int] = []
+
+    class Fake(par.Runner):
+        def __init__(self) -> None:
+            self.signalled = 0
+            self._first_signal = 0.0
+            self.stopping = False
+            self._acquirer_scope = None
+            self.active = 1
+            self.next = self.total = 0
+            self._all_done = None
+
+        def _kill_all(self, signum: int) -> None:
+            killed.append(signum)
+
+    f = Fake()
+    f.on_signal(signal.SIGINT, 100.0)
+    f.on_signal(signal.SIGINT, 100.01)
+    f.on_signal(signal.SIGTERM, 100.4)
+    assert killed == [signal.SIGINT]
+    f.on_signal(signal.SIGINT, 100.0 + par.DUPLICATE_WINDOW + 0.01)
+    assert killed == [signal.SIGINT, signal.SIGKILL]
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the callback path needs pidfd (Linux)")
+@pytest.mark.parametrize("backend", ["", "uvloop"])
+def test_one_callback_per_job_and_direct_token_hand_off(
+    backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In process: 24 jobs at -j4 run without a task per job, and an ended
+    job's token goes to the next command without going through the pool
+    (4 tokens acquired in all, not 24)."""
+    import asyncio
+
+    from fastjob.cli.parallel import Spec, Template, parallel
+
+    if backend:
+        pytest.importorskip("uvloop")
+    monkeypatch.setenv("FASTJOB_PARALLEL_BACKEND", backend)
+    monkeypatch.delenv("FASTJOB_PARALLEL_SPAWN", raising=False)
+    for var in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS"):
+        monkeypatch.delenv(var, raising=False)
+    tasks: list[int] = []
+    acquired: list[int] = []
+    spec = Spec([[str(i)] for i in range(24)], Template(["sleep 0.02 #"]), jobs=4)
+    spec.on_job.append(lambda rec: tasks.append(len(asyncio.all_tasks())))
+    spec.on_stop.append(lambda pool: acquired.append(pool.client.statistics().tokens_acquired))
+    assert parallel(spec) == 0
+    assert len(tasks) == 24
+    # the main task, the signal watcher and the one acquirer: no job tasks
+    assert max(tasks) <= 3, tasks
+    assert acquired == [4]

@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,14 @@ PY = sys.executable
 
 
 
+def default_signals() -> None:
+    """preexec_fn: SIGINT/SIGTERM/SIGHUP at their defaults in the child, so a
+    suite started under nohup (SIGHUP ignored) or from a script's background
+    job (SIGINT ignored) tests the same thing as one started from a terminal."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def fastjob(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*FASTJOB, *args],
@@ -24,6 +33,7 @@ def fastjob(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
+        preexec_fn=default_signals,
     )
 
 
@@ -79,6 +89,7 @@ def test_signal_is_forwarded_and_fifo_removed(sig: signal.Signals) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     ) as p:
         try:
             assert p.stdout is not None
@@ -158,6 +169,8 @@ BAD = [
     (["run", "-j", "0", "--", "true"], "at least 1"),
     (["run", "-j", "-3", "--", "true"], "at least 1"),
     (["run", "-j", "abc", "--", "true"], "not a number"),
+    (["run", "-j", "99999999999", "--", "true"], "at most"),
+    (["run", "-j", str(2**64), "--", "true"], "at most"),
     (["run", "--bogus", "--", "true"], "unrecognized option"),
     (["run", "--style", "sem", "--", "true"], "invalid choice"),
     (["run", "--", ""], "empty"),
@@ -258,3 +271,44 @@ def test_command_reading_the_terminal_is_given_it() -> None:
             os.close(slave)
     assert rc == 0
     assert b"got-hello" in seen
+
+
+def test_a_duplicate_signal_is_forwarded_once() -> None:
+    """timeout -s INT signals fastjob and then its process group: the
+    command must see that SIGINT once; a different (or later) signal is
+    forwarded as usual."""
+    code = (
+        "import signal, sys\n"
+        "def on(sig, frame):\n"
+        "    print(signal.Signals(sig).name, flush=True)\n"
+        "    if sig == signal.SIGTERM: sys.exit(0)\n"
+        "signal.signal(signal.SIGINT, on)\n"
+        "signal.signal(signal.SIGTERM, on)\n"
+        "print('up', flush=True)\n"
+        "while True: signal.pause()\n"
+    )
+    with subprocess.Popen(
+        [*FASTJOB, "run", "-j2", "--", PY, "-c", code],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    ) as p:
+        try:
+            assert p.stdout is not None
+            assert select.select([p.stdout], [], [], TIMEOUT)[0], "the command never started"
+            assert p.stdout.readline() == "up\n"
+            p.send_signal(signal.SIGINT)
+            assert select.select([p.stdout], [], [], TIMEOUT)[0], "SIGINT never forwarded"
+            assert p.stdout.readline() == "SIGINT\n"
+            p.send_signal(signal.SIGINT)  # the duplicate, a few ms later
+            time.sleep(0.2)  # time for it to arrive, were it forwarded
+            p.send_signal(signal.SIGTERM)
+            rest, err = p.communicate(timeout=TIMEOUT)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert rest == "SIGTERM\n", err
+    assert p.returncode == 0

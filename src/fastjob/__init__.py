@@ -4,11 +4,15 @@ Join the pool that make, cargo or ninja created (``fastjob.from_env()``),
 create one for children (``fastjob.Server``), and gate work on its tokens
 (``await client.acquire()``, ``async with client.token()``, ``JobGroup``,
 ``run_process``).
+
+The namespace is flat and lazy: ``import fastjob`` loads only this module,
+the version and the error classes; each other name is imported on first use
+(PEP 562 module ``__getattr__``), so a command-line tool that only parses
+MAKEFLAGS never pays for asyncio or anyio.
 """
 
 from __future__ import annotations
 
-from ._discovery import connect, from_env
 from ._errors import (
     BadFdError,
     FifoError,
@@ -22,13 +26,56 @@ from ._errors import (
     TokenLeakWarning,
     UnsupportedPlatformError,
 )
-from ._io import NATIVE
-from ._makeflags import JobserverAuth, format_makeflags, parse_makeflags
 from ._version import __version__
-from .client import Client, ClientStatistics, Token, TokenSet
-from .group import JobGroup
-from .process import open_process, run_process
-from .server import Server
+
+# Not typing.TYPE_CHECKING: importing typing alone costs more than this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    # For type checkers and IDEs: the same names, eagerly.
+    from typing import Any
+
+    from ._discovery import connect, from_env
+    from ._io import NATIVE
+    from ._makeflags import JobserverAuth, format_makeflags, parse_makeflags
+    from .client import Client, ClientStatistics, Token, TokenSet
+    from .group import JobGroup
+    from .process import open_process, run_process
+    from .server import Server
+
+# public name -> the submodule that defines it (imported on first access)
+_LAZY: dict[str, str] = {
+    "connect": "._discovery",
+    "from_env": "._discovery",
+    "NATIVE": "._io",
+    "JobserverAuth": "._makeflags",
+    "format_makeflags": "._makeflags",
+    "parse_makeflags": "._makeflags",
+    "Client": ".client",
+    "ClientStatistics": ".client",
+    "Token": ".client",
+    "TokenSet": ".client",
+    "JobGroup": ".group",
+    "open_process": ".process",
+    "run_process": ".process",
+    "Server": ".server",
+}
+del TYPE_CHECKING
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastjob' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "NATIVE",

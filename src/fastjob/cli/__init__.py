@@ -10,9 +10,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .._version import __version__
+
+if TYPE_CHECKING:
+    from .parallel import Source
 
 DESCRIPTION = """\
 fastjob speaks the GNU make jobserver protocol: the pool of job slots that
@@ -35,7 +38,7 @@ examples:
 exit status:
   run: the command's (128+N when a signal N killed it); doctor: 0 usable,
   1 named but broken, 2 none; parallel: the number of failed commands
-  (at most 101); 2 for bad usage."""
+  (at most 101, or GNU parallel's status after --halt); 2 for bad usage."""
 
 RUN_DESCRIPTION = """\
 Run COMMAND under a jobserver.  When this process inherited one (it runs in
@@ -46,7 +49,9 @@ named to COMMAND in MAKEFLAGS and MFLAGS; a pipe pool's
 file descriptors are inherited by COMMAND.
 
 COMMAND runs in its own process group; SIGINT, SIGTERM and SIGHUP sent to
-fastjob are forwarded to that group.  When it exits, a new pool is counted
+fastjob are forwarded to that group (a signal forwarded less than 0.5 s
+before is not forwarded again: timeout -s and kill -- -PGID deliver one
+event twice).  When it exits, a new pool is counted
 the way make does: tokens that were not returned (a child killed while
 holding one) are reported on stderr and put back, extra ones removed; a
 FIFO is removed on every exit path short of SIGKILL."""
@@ -87,31 +92,52 @@ exit status:
   0 a usable jobserver, 1 one is named but broken, 2 none (or disabled)."""
 
 PARALLEL_DESCRIPTION = """\
-Run shell commands in parallel through the jobserver, like xargs -P or GNU
-parallel.  Each input line is one command; with COMMAND_TEMPLATE, each
-argument after ::: (or each input line) is shell-quoted into every {} of
-the template.  Commands take their job slots from the inherited jobserver
-(so `+fastjob parallel < cmds.txt` in a Makefile shares make's -j budget)
-or from a new pool of N slots, and every command gets the pool, so a
-make or cargo inside one shares it too.
+Run commands in parallel through the jobserver, with GNU parallel's
+command line.  Input comes from ::: ARGS (on the command line), :::: FILE
+and -a FILE (one argument per line, or per NUL with -0), else from stdin;
+several sources give every combination (the first varying slowest), :::+
+and ::::+ link a source to the one before it.  With COMMAND_TEMPLATE each
+argument is shell-quoted into the replacement strings {} {.} {/} {//} {/.}
+(and {1} {2.} ... by source), {#} is the job number and {%} the job slot;
+a template without any gets the arguments appended.  Without a template
+each input line is a command.
+
+Commands take their job slots from the inherited jobserver (so
+`+fastjob parallel < cmds.txt` in a Makefile shares make's -j budget) or
+from a new pool of N slots, and every command gets the pool, so a make or
+cargo inside one shares it too.
 
 The output of each command is kept together, written when it ends (stdout
-to stdout, stderr to stderr).  On a terminal a progress line shows done,
-running, failed and the ETA.  After the first failure no new command is
-started (those running finish) unless --keep-going.  Ctrl-C (SIGINT),
-SIGTERM and SIGHUP are forwarded to every running command; a second one
-kills them; every token is returned."""
+to stdout, stderr to stderr; with -k in input order).  Every command runs,
+whatever fails, unless --halt says otherwise.  On a terminal a progress
+line shows done, running, failed and the ETA.  SIGINT, SIGTERM and SIGHUP
+are forwarded to every running command and stop new ones from starting;
+any further signal within 0.5 s of the first is taken as the same event
+(timeout -s and kill -- -PGID deliver it twice) and ignored, one arriving
+later kills the commands (SIGKILL); every token is returned.  docs/cli.md lists
+where fastjob parallel differs from GNU parallel."""
 
 PARALLEL_EPILOG = """\
 examples:
-  fastjob parallel -j4 'gzip -9 {}' ::: *.log
-  find . -name '*.c' | fastjob parallel 'cc -c {}'
-  fastjob parallel --keep-going < cmds.txt
+  fastjob parallel -j4 gzip -9 ::: *.log
+  fastjob parallel -k 'convert {} {.}.png' ::: *.jpg
+  fastjob parallel echo {1}-{2} ::: a b ::: 1 2
+  find . -name '*.c' -print0 | fastjob parallel -0 cc -c
+  fastjob parallel --halt soon,fail=1 --joblog jobs.tsv < cmds.txt
   in a Makefile:   +fastjob parallel -a cmds.txt
 
 exit status:
-  the number of failed commands (at most 101), 128+N after signal N,
+  the number of failed commands (at most 101); after a --halt, as in GNU
+  parallel: the status of the command that triggered fail=1 or done=1, 0
+  for success=N, else the number of failed commands; 128+N after signal N;
   2 for bad usage."""
+
+#: The largest -j: a pipe pool holds one byte per slot, and a Linux pipe
+#: holds at most 1 MiB (/proc/sys/fs/pipe-max-size's default).
+MAX_JOBS = 1 << 20
+
+#: Input-source separators of GNU parallel.
+SEPARATORS = (":::", ":::+", "::::", "::::+")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,34 +154,52 @@ def _jobs(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: the number of jobs must be at least 1")
+    if n > MAX_JOBS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: at most {MAX_JOBS} jobs (a pipe pool holds one byte per slot)"
+        )
     return n
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number from 1 to {MAX_JOBS}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds (percentages of the median run time "
+            "are not supported)"
+        ) from None
+    if not 0 < t < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be a positive number of seconds")
+    return t
+
+
+def _halt(text: str) -> object:
+    from .parallel import parse_halt
+
+    try:
+        return parse_halt(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, for --help and for tests."""
-    p = _Parser(
-        prog="fastjob",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=_formatter,
-    )
-    p.add_argument("--version", action="version", version=f"fastjob {__version__}")
-    sub = p.add_subparsers(
-        dest="cmd", metavar="COMMAND", title="commands", parser_class=_Parser
-    )
-
-    run = sub.add_parser(
-        "run",
-        help="run one command under a jobserver (joined or new)",
-        usage="fastjob run [-j N] [--style pipe|fifo] [--trace FILE.json] [--report FILE.html] -- COMMAND [ARG...]",
-        description=RUN_DESCRIPTION,
-        epilog=RUN_EPILOG,
-        formatter_class=_formatter,
-    )
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """The options of ``fastjob run`` (a function, so that other option
+    groups can be added beside them)."""
     run.add_argument(
         "-j", "--jobs", type=_jobs, metavar="N",
         help="create a new pool of N job slots (default: join the inherited "
@@ -167,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
         "make, ninja and cargo; the default) or 'fifo' (a named pipe, make >= 4.4 "
         "and ninja >= 1.13)",
     )
-
     run.add_argument(
         "--trace", metavar="FILE.json",
         help="record the pool's occupancy, CPU use while it runs and write a "
@@ -180,34 +223,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
-    doc = sub.add_parser(
-        "doctor",
-        help="explain the jobserver this process would see, and how to fix it",
-        description=DOCTOR_DESCRIPTION,
-        epilog=DOCTOR_EPILOG,
-        formatter_class=_formatter,
-    )
-    doc.add_argument("--json", action="store_true", help="print one JSON object for machines")
 
-    par = sub.add_parser(
-        "parallel",
-        help="run many shell commands through the jobserver, like xargs -P",
-        usage="fastjob parallel [-j N] [--keep-going] [--progress|--no-progress] [--tag]\n"
-        "                        [-a FILE] [--trace FILE.json] [--report FILE.html]\n"
-        "                        [COMMAND_TEMPLATE ...] [::: ARG ...]",
-        description=PARALLEL_DESCRIPTION,
-        epilog=PARALLEL_EPILOG,
-        formatter_class=_formatter,
-    )
+def add_parallel_arguments(par: argparse.ArgumentParser) -> None:
+    """The options of ``fastjob parallel``: GNU parallel's names and meanings."""
     par.add_argument(
         "-j", "--jobs", type=_jobs, metavar="N",
         help="run in a new pool of N job slots (default: join the inherited "
         "jobserver, else N = the number of CPUs)",
     )
     par.add_argument(
-        "-k", "--keep-going", action="store_true",
-        help="start every command even after failures (default: stop starting new "
-        "ones after the first)",
+        "-k", "--keep-order", action="store_true",
+        help="write the output of the commands in input order (they still run in parallel)",
+    )
+    par.add_argument(
+        "--halt", type=_halt, default=None, metavar="WHEN,WHAT=N",
+        help="stop after N failed (fail=N), succeeded (success=N) or finished (done=N) "
+        "commands: 'soon' starts no new ones, 'now' also kills those running "
+        "(SIGTERM, then SIGKILL); 'never' (the default) runs them all",
+    )
+    par.add_argument(
+        "--keep-going", action="store_true",
+        help="make's spelling of the default: run every command whatever fails "
+        "(cancels an earlier --halt)",
+    )
+    par.add_argument(
+        "-a", "--arg-file", action="append", metavar="FILE",
+        help="an input source: one argument per line of FILE ('-' is stdin); may be repeated",
+    )
+    par.add_argument(
+        "-0", "--null", action="store_true",
+        help="input records end with NUL, not newline (find -print0)",
+    )
+    par.add_argument(
+        "-n", "--max-args", type=_count, default=1, metavar="N",
+        help="give each command N arguments (input tuples) at once",
+    )
+    par.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS",
+        help="kill a command (its process group: SIGTERM, then SIGKILL) that runs longer; "
+        "it counts as failed",
+    )
+    par.add_argument(
+        "--joblog", metavar="FILE",
+        help="write one line per finished command to FILE ('-': stdout) in GNU parallel's "
+        "columns: Seq Host Starttime JobRuntime Send Receive Exitval Signal Command",
+    )
+    par.add_argument(
+        "--dry-run", action="store_true", help="print the commands instead of running them"
+    )
+    par.add_argument(
+        "--tag", action="store_true",
+        help="prefix each output line with the arguments (or the command) and a tab",
     )
     par.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -215,14 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
         "stderr is a terminal)",
     )
     par.add_argument(
-        "--tag", action="store_true",
-        help="prefix each output line with the argument (or command) and a tab",
+        "--bar", "--eta", dest="progress", action="store_const", const=True,
+        help="GNU parallel's spellings of --progress (the same progress line)",
     )
-    par.add_argument(
-        "-a", "--arg-file", metavar="FILE",
-        help="read input lines from FILE instead of standard input",
-    )
-
+    # GNU parallel asks to be cited unless given this; accepted so that command
+    # lines written for it run unchanged.
+    par.add_argument("--will-cite", action="store_true", help=argparse.SUPPRESS)
     par.add_argument(
         "--trace", metavar="FILE.json",
         help="record the pool's occupancy, CPU use and one span per job while it runs and write a "
@@ -234,6 +298,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the same recording as a self-contained HTML report (chart + summary)",
     )
     par.add_argument("template", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, for --help and for tests.  With ``only``, the
+    other subcommands get no options (a start-up saving: only the command
+    being run is ever parsed)."""
+    p = _Parser(
+        prog="fastjob",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    p.add_argument("--version", action="version", version=f"fastjob {__version__}")
+    sub = p.add_subparsers(
+        dest="cmd", metavar="COMMAND", title="commands", parser_class=_Parser
+    )
+    run = sub.add_parser(
+        "run",
+        help="run one command under a jobserver (joined or new)",
+        usage="fastjob run [-j N] [--style pipe|fifo] [--trace FILE.json] [--report FILE.html] -- COMMAND [ARG...]",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=_formatter,
+    )
+    if only in (None, "run"):
+        add_run_arguments(run)
+    doc = sub.add_parser(
+        "doctor",
+        help="explain the jobserver this process would see, and how to fix it",
+        description=DOCTOR_DESCRIPTION,
+        epilog=DOCTOR_EPILOG,
+        formatter_class=_formatter,
+    )
+    if only in (None, "doctor"):
+        doc.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    par = sub.add_parser(
+        "parallel",
+        help="run many commands through the jobserver, like GNU parallel",
+        usage="fastjob parallel [-j N] [-k] [--halt WHEN,WHAT=N] [-n N] [-0] [--tag]\n"
+        "                        [--timeout S] [--joblog FILE] [--dry-run] [-a FILE]\n"
+        "                        [COMMAND_TEMPLATE ...] [::: ARG ... | :::: FILE ...]",
+        description=PARALLEL_DESCRIPTION,
+        epilog=PARALLEL_EPILOG,
+        formatter_class=_formatter,
+    )
+    if only in (None, "parallel"):
+        add_parallel_arguments(par)
     return p
 
 
@@ -271,43 +382,86 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
     return doctor(as_json=ns.json)
 
 
-def _cmd_parallel(ns: argparse.Namespace, args: list[str] | None) -> int:
-    from .parallel import Spec, build_commands, parallel
+def _read_source(name: str, null: bool, stdin_used: list[bool]) -> list[str]:
+    """The records of one input file ('-' is stdin, readable once)."""
+    from .parallel import split_records
+
+    prog = "fastjob parallel"
+    if name == "-":
+        if stdin_used:
+            _fail(prog, "stdin ('-') can be an input source only once")
+        stdin_used.append(True)
+        return split_records(_read_stdin(), null, "stdin")
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        _fail(prog, f"cannot read {name}: {exc.strerror}")
+    try:
+        return split_records(data, null, name)
+    except ValueError as exc:
+        _fail(prog, str(exc))
+
+
+def _read_stdin() -> bytes:
+    if sys.stdin is None or sys.stdin.closed:
+        return b""
+    if sys.stdin.isatty():
+        sys.stderr.write("fastjob parallel: reading input from the terminal (end with Ctrl-D)\n")
+    return sys.stdin.buffer.read()
+
+
+def _sources(ns: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> list[Source]:
+    """The input sources in GNU parallel's order: -a files, then each :::
+    and :::: group; stdin when there is none."""
+    from .parallel import Source, split_records
+
+    null = bool(ns.null)
+    used: list[bool] = []
+    out: list[Source] = [Source(_read_source(f, null, used)) for f in ns.arg_file or ()]
+    for sep, values in groups:
+        if sep in (":::", ":::+"):
+            out.append(Source(values, linked=sep == ":::+"))
+            continue
+        if not values:
+            _fail("fastjob parallel", f"{sep} needs at least one FILE")
+        for k, name in enumerate(values):
+            out.append(Source(_read_source(name, null, used), linked=sep == "::::+" and k == 0))
+    if not out:
+        try:
+            out.append(Source(split_records(_read_stdin(), null, "stdin")))
+        except ValueError as exc:
+            _fail("fastjob parallel", str(exc))
+    return out
+
+
+def _cmd_parallel(ns: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> int:
+    from .parallel import Spec, Template, combine, dry_run, parallel
 
     template = list(ns.template)
     if template and template[0] == "--":
-        template = template[1:]
-    if template and template[0].startswith("-"):
-        _fail("fastjob parallel", f"unrecognized option {template[0]!r}")
-    lines: list[str] | None = None
-    if args is None:
-        if ns.arg_file is not None:
-            try:
-                with open(ns.arg_file, "rb") as f:
-                    data = f.read()
-            except OSError as exc:
-                _fail("fastjob parallel", f"cannot read {ns.arg_file}: {exc.strerror}")
-        else:
-            if sys.stdin is None or sys.stdin.closed:
-                data = b""
-            else:
-                if sys.stdin.isatty():
-                    sys.stderr.write("fastjob parallel: reading commands from the terminal "
-                                     "(end with Ctrl-D)\n")
-                data = sys.stdin.buffer.read()
-        lines = os.fsdecode(data).splitlines()
-    elif ns.arg_file is not None:
-        _fail("fastjob parallel", "give ARGS after ::: or --arg-file, not both")
-    try:
-        commands, tags = build_commands(template, args, lines)
-    except ValueError as exc:
-        _fail("fastjob parallel", str(exc))
-    if any(not c.strip() for c in commands):
-        _fail("fastjob parallel", "a command is empty")
-    progress = ns.progress if ns.progress is not None else os.isatty(2)
+        template = template[1:]  # after --, a command may start with "-"
+    elif template and template[0].startswith("-"):
+        _fail("fastjob parallel", f"unsupported option {template[0]!r}")
+    sources = _sources(ns, groups)
     spec = Spec(
-        commands, tags, jobs=ns.jobs, keep_going=ns.keep_going, progress=progress, tag=ns.tag
+        combine(sources, ns.max_args),
+        Template(template) if template else None,
+        jobs=ns.jobs,
+        halt=None if ns.keep_going else ns.halt,
+        keep_order=ns.keep_order,
+        tag=ns.tag,
+        joblog=ns.joblog,
+        timeout=ns.timeout,
     )
+    if ns.dry_run:
+        return dry_run(spec)
+    if ns.joblog is not None and ns.joblog != "-":
+        try:
+            open(ns.joblog, "ab").close()
+        except OSError as exc:
+            _fail("fastjob parallel", f"cannot write --joblog {ns.joblog}: {exc.strerror}")
+    spec.progress = ns.progress if ns.progress is not None else os.isatty(2)
     if ns.trace or ns.report:
         from .tracing import CliTrace
 
@@ -318,18 +472,59 @@ def _cmd_parallel(ns: argparse.Namespace, args: list[str] | None) -> int:
     return parallel(spec)
 
 
+def split_sources(argv: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """``fastjob parallel`` arguments before the first ::: / :::+ / :::: /
+    ::::+, and each separator with the words that follow it."""
+    cut = next((i for i, word in enumerate(argv) if word in SEPARATORS), len(argv))
+    groups: list[tuple[str, list[str]]] = []
+    for word in argv[cut:]:
+        if word in SEPARATORS:
+            groups.append((word, []))
+        else:
+            groups[-1][1].append(word)
+    return argv[:cut], groups
+
+
+#: options of ``fastjob parallel`` that take the next word as their value
+_PARALLEL_VALUED = frozenset(
+    "-j --jobs --halt -a --arg-file -n --max-args --timeout --joblog --trace --report".split()
+)
+
+
+def _glue_negative_halt(argv: list[str]) -> list[str]:
+    """``--halt -1`` (GNU's soon,success=1) as ``--halt=-1``: argparse takes
+    a word like -1 for an option once the parser has one like -0.  Only in
+    the options, never in the command template after them."""
+    out = list(argv)
+    i = 1  # argv[0] is "parallel"
+    while i < len(out):
+        word = out[i]
+        if word == "--halt" and i + 1 < len(out) and out[i + 1] in ("-1", "-2"):
+            out[i : i + 2] = [f"--halt={out[i + 1]}"]
+        elif word in _PARALLEL_VALUED:
+            i += 1
+        elif not word.startswith("-") or word == "--":
+            break
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastjob`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args: list[str] | None = None
-    if argv and argv[0] == "parallel" and ":::" in argv:
-        cut = argv.index(":::")
-        argv, args = argv[:cut], argv[cut + 1 :]
-    parser = build_parser()
+    if argv == ["--version"]:  # without building the parser: a start-up check
+        sys.stdout.write(f"fastjob {__version__}\n")
+        return 0
+    groups: list[tuple[str, list[str]]] = []
+    if argv and argv[0] == "parallel":
+        argv, groups = split_sources(argv)
+        argv = _glue_negative_halt(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in ("run", "doctor", "parallel") else None)
     ns, extra = parser.parse_known_args(argv)
     if extra:
         prog = f"fastjob {ns.cmd}" if ns.cmd else "fastjob"
-        _fail(prog, f"unrecognized option {extra[0]!r}")
+        what = "unsupported" if ns.cmd == "parallel" else "unrecognized"
+        _fail(prog, f"{what} option {extra[0]!r}")
     if ns.cmd is None:
         parser.error("a command is required: run, doctor or parallel")
     try:
@@ -337,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(ns)
         if ns.cmd == "doctor":
             return _cmd_doctor(ns)
-        return _cmd_parallel(ns, args)
+        return _cmd_parallel(ns, groups)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

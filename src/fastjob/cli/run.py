@@ -1,8 +1,10 @@
 """``fastjob run``: run one command under a jobserver.
 
 The command runs in its own process group; SIGINT, SIGTERM and SIGHUP sent
-to fastjob are forwarded to that group.  A new pool is accounted for and
-closed (its FIFO removed) on every exit path.
+to fastjob are forwarded to that group, except a repeat of a signal within
+DUPLICATE_WINDOW seconds of its last forwarding (the same event delivered
+to fastjob and again to its process group, as ``timeout -s INT`` does).  A
+new pool is accounted for and closed (its FIFO removed) on every exit path.
 """
 
 from __future__ import annotations
@@ -12,24 +14,34 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from .pool import Pool, open_pool, warn
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FORWARDED = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+#: A signal repeated within this many seconds of its last forwarding is the
+#: same event seen twice and is not forwarded again (fastjob parallel uses
+#: the same window before it escalates).
+DUPLICATE_WINDOW = 0.5
 
 
-@dataclass
 class RunHooks:
     """Callbacks around the command (for samplers such as ``--trace``):
     ``started(pid, pool)`` right after the spawn, ``stopped(pid, status)``
     after it was reaped, before the pool is accounted for and closed."""
 
-    started: list[Callable[[int, Pool], None]] = field(default_factory=list)
-    stopped: list[Callable[[int, int], None]] = field(default_factory=list)
+    def __init__(
+        self,
+        started: list[Callable[[int, Pool], None]] | None = None,
+        stopped: list[Callable[[int, int], None]] | None = None,
+    ) -> None:
+        self.started = started or []
+        self.stopped = stopped or []
 
 
 def exit_status(returncode: int) -> int:
@@ -110,11 +122,16 @@ def run(
     returns its exit status (128+N when killed by signal N)."""
     pending: list[int] = []
     child: list[subprocess.Popen[bytes]] = []
+    last_sent: dict[int, float] = {}
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if not child:
             pending.append(signum)
             return
+        now = time.monotonic()
+        if now - last_sent.get(signum, float("-inf")) < DUPLICATE_WINDOW:
+            return  # the same event, delivered to us and to our group
+        last_sent[signum] = now
         try:
             os.killpg(child[0].pid, signum)
         except (ProcessLookupError, PermissionError):
@@ -143,7 +160,7 @@ def run(
             warn(f"cannot run {name}: {exc.strerror}")
             return 126
         child.append(proc)
-        for signum in pending:
+        for signum in dict.fromkeys(pending):
             forward(signum, None)
         if hooks is not None:
             for on_start in hooks.started:
