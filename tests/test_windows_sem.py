@@ -234,7 +234,11 @@ class ThreadSemaphores:
             if name != "#event" and name not in self.handles.values():
                 del self.counts[name], self.maxima[name]
 
-    def count(self, name: str) -> int:
+    def count(self, sem: int) -> int:
+        with self.cond:
+            return self.counts[self._name(sem)]
+
+    def count_of(self, name: str) -> int:
         with self.cond:
             return self.counts[name]
 
@@ -261,9 +265,9 @@ def test_pool_is_created_like_makes(kernel: ThreadSemaphores) -> None:
     t, name = _sem.create_semaphore_pool(4, api=kernel)
     try:
         assert name.startswith("fastjob_semaphore_")
-        assert kernel.count(name) == 3 and kernel.maxima[name] == 3
+        assert kernel.count_of(name) == 3 and kernel.maxima[name] == 3
         assert t.auth() == fastjob.JobserverAuth("sem", name=name)
-        assert t.pass_fds == () and t.available() is None
+        assert t.pass_fds == () and t.available() == 3
         with pytest.raises(fastjob.JobserverError, match="already full"):
             t.write(ord("+"))  # nothing was taken: the kernel refuses
     finally:
@@ -283,11 +287,11 @@ def test_try_acquire_and_release(kernel: ThreadSemaphores,
     a, b = client.try_acquire(), client.try_acquire()
     assert implicit is not None and a is not None and b is not None
     assert client.try_acquire() is None
-    assert kernel.count(name) == 0
+    assert kernel.count_of(name) == 0
     a.release()
     b.release()
     implicit.release()
-    assert kernel.count(name) == 2
+    assert kernel.count_of(name) == 2
 
 
 def test_acquire_blocking_gets_token_from_waiter_thread(
@@ -297,7 +301,7 @@ def test_acquire_blocking_gets_token_from_waiter_thread(
     the client claims it (sync path; a timeout bounds it)."""
     client, name = pool
     held = [client.try_acquire() for _ in range(3)]
-    assert all(held) and kernel.count(name) == 0
+    assert all(held) and kernel.count_of(name) == 0
     outside = _sem.SemaphoreTransport(name, api=kernel)
     assert outside.try_read() == fastjob._io.AGAIN
     t = held.pop()
@@ -313,7 +317,7 @@ def test_acquire_blocking_gets_token_from_waiter_thread(
         for t in held:
             assert t is not None
             t.release()
-    assert kernel.count(name) == 2
+    assert kernel.count_of(name) == 2
 
 
 @pytest.mark.anyio
@@ -322,7 +326,7 @@ async def test_async_waiter_thread_gets_released_token(
 ) -> None:
     client, name = pool
     held = [client.try_acquire() for _ in range(3)]
-    assert kernel.count(name) == 0
+    assert kernel.count_of(name) == 0
     got: list[fastjob.Token] = []
 
     async def waiter() -> None:
@@ -338,7 +342,7 @@ async def test_async_waiter_thread_gets_released_token(
     got[0].release()
     for t in held:
         t.release()  # type: ignore[union-attr]
-    assert kernel.count(name) == 2
+    assert kernel.count_of(name) == 2
 
 
 @pytest.mark.anyio
@@ -360,7 +364,7 @@ async def test_cancelled_waiter_hands_token_back(
     assert client.statistics().tokens_held == 2
     for t in held:
         t.release()  # type: ignore[union-attr]
-    assert kernel.count(name) == 2
+    assert kernel.count_of(name) == 2
 
 
 def test_close_gives_back_parked_token(kernel: ThreadSemaphores) -> None:
@@ -372,7 +376,7 @@ def test_close_gives_back_parked_token(kernel: ThreadSemaphores) -> None:
     with kernel.cond:
         assert kernel.cond.wait_for(lambda: kernel.waits == 1, 10)
     t.close()
-    assert kernel.count(name) == 1
+    assert kernel.count_of(name) == 1
     server_t.close()
 
 

@@ -27,6 +27,7 @@ from . import _backend, _io
 from ._errors import JobserverError, TokenLeakWarning
 from ._makeflags import child_environment
 from ._io import Token
+from ._core.sem import SemaphoreTransport
 from ._core.transport import PipeTransport, Transport
 
 __all__ = ["Client", "ClientStatistics", "Token"]
@@ -117,6 +118,19 @@ class _WakePipe:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class _SemWake(threading.Event):
+    """The wake-up of a waiter in SemaphoreTransport.wait_token: also ends
+    that kernel wait."""
+
+    def __init__(self, sem: SemaphoreTransport) -> None:
+        super().__init__()
+        self._sem = sem
+
+    def set(self) -> None:
+        super().set()
+        self._sem.cancel_waits()
 
 
 _thread_state = threading.local()
@@ -260,7 +274,10 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         w = _Waiter()
         wake_r = -1
-        if self._reader is not None:
+        sem = self._t if isinstance(self._t, SemaphoreTransport) else None
+        if sem is not None:
+            w.tevent = _SemWake(sem)
+        elif self._reader is not None:
             w.tevent = threading.Event()
         else:
             pipe = _thread_wake_pipe()
@@ -270,6 +287,8 @@ class Client:
         if tok is not None:
             return tok
         try:
+            if sem is not None:
+                return self._wait_sem(sem, w, deadline)
             if self._reader is not None:
                 return self._wait_thread(w, deadline)
             return self._wait_poll(w, wake_r, deadline)
@@ -290,6 +309,21 @@ class Client:
                 raise TimeoutError("no jobserver token became free in time")
             w.tevent.wait(remaining)
             w.tevent.clear()
+
+    def _wait_sem(self, sem: SemaphoreTransport, w: _Waiter, deadline: float | None) -> Token:
+        """Windows: wait in the kernel on the semaphore (wait_token; Ctrl-C
+        is seen within its slice); a token handed over in this process wakes
+        it through _SemWake."""
+        while True:
+            if w.token is not None:
+                return w.token
+            if w.error is not None:
+                raise w.error
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("no jobserver token became free in time")
+            if sem.wait_token(remaining):
+                self._take_for(w, self._adopt(ord("+")))
 
     def _wait_poll(self, w: _Waiter, wake_r: int, deadline: float | None) -> Token:
         t = self._t

@@ -178,7 +178,7 @@ class Runner:
     # -- scheduling -------------------------------------------------------------
     async def main(self) -> int:
         client = self.pool.client
-        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        sigs = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
         try:
             with anyio.open_signal_receiver(*sigs) as receiver:
                 async with anyio.create_task_group() as outer:

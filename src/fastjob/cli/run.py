@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from .pool import Pool, open_pool, warn
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Windows has no SIGHUP.
+FORWARDED = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 @dataclass
