@@ -172,7 +172,9 @@ class Client:
         self._gen = _fork_generation
         self._reader: _Reader | None = None
         self._pool_key = transport.identity()
-        self._read = transport.try_read
+        # A semaphore's try_read also starts its waiter thread (for the async
+        # leader, which then waits on read_fd); try_acquire only looks.
+        self._read = transport.try_take if isinstance(transport, SemaphoreTransport) else transport.try_read
         self._write = transport.write
         self._slow_read = not transport.nonblocking_read
         # The implicit token, when free, is the one item of this list: pop()

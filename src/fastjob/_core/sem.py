@@ -12,8 +12,10 @@ readable, then try_read" loop claims it (anyio waits on sockets on every
 Windows event loop).  A parked token nobody claims within ``HANDBACK_GRACE``
 seconds (its waiter was cancelled) goes back to the semaphore.
 
-A token is never "in transit" unseen: while the thread waits in the kernel,
-a try_read that finds the semaphore empty cancels that wait and lets the
+Only the async leader's ``try_read`` starts that thread; ``try_take`` (what
+Client.try_acquire calls) only looks, so a failed poll never leaves a thread
+that takes the next token.  A token is never "in transit" unseen: while the
+thread waits in the kernel, a try that finds the semaphore empty cancels that wait and lets the
 thread come out first, so a token the kernel already gave the thread is
 claimed rather than missed.
 
@@ -321,6 +323,16 @@ class SemaphoreTransport(Transport):
 
     # -- token I/O -------------------------------------------------------------
     def try_read(self) -> int:
+        """try_take, and when no token is free have the waiter thread wait
+        for one (announced on read_fd): the async leader's read."""
+        b = self.try_take()
+        if b < 0:
+            self._want()
+        return b
+
+    def try_take(self) -> int:
+        """A token if one is free now (parked by the waiter thread, or in the
+        semaphore), else AGAIN; starts no wait (Client.try_acquire)."""
         with self._lock:
             if self._closed:
                 raise self.closed_error()
@@ -335,7 +347,6 @@ class SemaphoreTransport(Transport):
                         return TOKEN_BYTE
                 finally:
                     self._unsettle_locked()
-        self._want()
         return _io.AGAIN
 
     def _claim_locked(self) -> bool:
