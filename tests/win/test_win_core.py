@@ -82,6 +82,8 @@ def test_acquire_blocking_waits_for_a_release() -> None:
         c = server.client
         held = [c.try_acquire() for _ in range(3)]
         assert all(held) and c.try_acquire() is None
+        with pytest.raises(TimeoutError):
+            c.acquire_blocking(timeout=0.2)  # nothing comes back
         last = held.pop()
         assert last is not None
         timer = threading.Timer(0.2, last.release)
@@ -90,10 +92,7 @@ def test_acquire_blocking_waits_for_a_release() -> None:
             tok = c.acquire_blocking(timeout=TIMEOUT)
         finally:
             timer.join()
-        assert tok._byte >= 0 or tok._byte == -1
         tok.release()
-        with pytest.raises(TimeoutError):
-            c.acquire_blocking(timeout=0.2)
         for t in held:
             assert t is not None
             t.release()
@@ -296,8 +295,11 @@ async def test_async_acquire_and_cancel_hand_back() -> None:
 
 
 @pytest.mark.anyio
-async def test_job_group_runs_at_most_jobs_at_once(tmp_path: Path) -> None:
+async def test_job_group_runs_at_most_jobs_at_once(tmp_path: Path, anyio_backend: object) -> None:
     from .conftest import JOB_PY, max_overlap, read_stamps
+
+    if isinstance(anyio_backend, tuple) and anyio_backend[1].get("loop_factory"):
+        pytest.skip("asyncio's SelectorEventLoop cannot run subprocesses on Windows")
 
     job = tmp_path / "job.py"
     job.write_text(JOB_PY)
