@@ -94,6 +94,11 @@ def max_overlap(spans: Iterable[tuple[float, float]]) -> int:
     return best
 
 
+#: How long each measured job sleeps: long against the jitter of starting a
+#: Windows python (under wine on a loaded machine), so that jobs holding
+#: their slots at the same time really overlap in their stamps.
+JOB_SECONDS = "1.0"
+
 #: A job for make recipes and Python children: sleeps, then writes its span.
 JOB_PY = """\
 import os, sys, time

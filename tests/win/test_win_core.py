@@ -296,7 +296,7 @@ async def test_async_acquire_and_cancel_hand_back() -> None:
 
 @pytest.mark.anyio
 async def test_job_group_runs_at_most_jobs_at_once(tmp_path: Path, anyio_backend: object) -> None:
-    from .conftest import JOB_PY, max_overlap, read_stamps
+    from .conftest import JOB_PY, JOB_SECONDS, max_overlap, read_stamps
 
     if isinstance(anyio_backend, tuple) and anyio_backend[1].get("loop_factory"):
         pytest.skip("asyncio's SelectorEventLoop cannot run subprocesses on Windows")
@@ -308,7 +308,7 @@ async def test_job_group_runs_at_most_jobs_at_once(tmp_path: Path, anyio_backend
             async with fastjob.JobGroup(server) as group:
                 for i in range(6):
                     group.start_soon(fastjob.run_process,
-                                     [sys.executable, str(job), str(tmp_path / f"{i}.stamp"), "0.3"])
+                                     [sys.executable, str(job), str(tmp_path / f"{i}.stamp"), JOB_SECONDS])
         assert server.available() == 2
     spans = read_stamps(tmp_path)
     assert len(spans) == 6 and max_overlap(spans) == 3

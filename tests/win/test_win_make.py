@@ -12,7 +12,7 @@ from pathlib import Path
 
 import fastjob
 
-from .conftest import JOB_PY, max_overlap, read_stamps, windows_make, windows_only
+from .conftest import JOB_PY, JOB_SECONDS, max_overlap, read_stamps, windows_make, windows_only
 
 pytestmark = windows_only
 TIMEOUT = 120
@@ -41,7 +41,7 @@ def test_make_joins_a_fastjob_server(tmp_path: Path) -> None:
     """fastjob Server(3) -> make (no -j of its own): 8 recipes, 3 at once."""
     (tmp_path / "job.py").write_text(JOB_PY)
     jobs = [f"j{i}" for i in range(8)]
-    rules = "".join(f"{j}:\n\t{PY} job.py {j}.stamp 0.3\n" for j in jobs)
+    rules = "".join(f"{j}:\n\t{PY} job.py {j}.stamp {JOB_SECONDS}\n" for j in jobs)
     (tmp_path / "Makefile").write_text(f"all: {' '.join(jobs)}\n{rules}")
     with fastjob.Server(3) as server:
         env = server.env(_clean_env())
@@ -55,13 +55,13 @@ def test_make_joins_a_fastjob_server(tmp_path: Path) -> None:
 
 SYNC_CHILD = """\
 import sys, threading, subprocess, fastjob
-out, n = sys.argv[1], int(sys.argv[2])
+out, n, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 c = fastjob.from_env(strict=True)
 assert c.style == "sem", c.style
 def job(i):
     tok = c.acquire_blocking(timeout=60)
     try:
-        subprocess.run([sys.executable, "job.py", f"{out}/sync{i}.stamp", "0.3"], check=True)
+        subprocess.run([sys.executable, "job.py", f"{out}/sync{i}.stamp", seconds], check=True)
     finally:
         tok.release()
 threads = [threading.Thread(target=job, args=(i,)) for i in range(n)]
@@ -72,12 +72,12 @@ c.close()
 
 ASYNC_CHILD = """\
 import sys, anyio, fastjob
-out, n = sys.argv[1], int(sys.argv[2])
+out, n, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 async def main():
     async with fastjob.JobGroup() as group:
         for i in range(n):
             group.start_soon(fastjob.run_process,
-                             [sys.executable, "job.py", f"{out}/async{i}.stamp", "0.3"])
+                             [sys.executable, "job.py", f"{out}/async{i}.stamp", seconds])
 anyio.run(main)
 """
 
@@ -90,8 +90,8 @@ def test_fastjob_children_share_makes_pool(tmp_path: Path) -> None:
     (tmp_path / "async_child.py").write_text(ASYNC_CHILD)
     (tmp_path / "Makefile").write_text(
         "all: a b\n"
-        f"a:\n\t+{PY} sync_child.py . 5\n"
-        f"b:\n\t+{PY} async_child.py . 5\n"
+        f"a:\n\t+{PY} sync_child.py . 5 {JOB_SECONDS}\n"
+        f"b:\n\t+{PY} async_child.py . 5 {JOB_SECONDS}\n"
     )
     _run([windows_make(), "-j3", "--no-print-directory"], _clean_env(), tmp_path)
     spans = read_stamps(tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import fastjob
 
-from .conftest import JOB_PY, max_overlap, missing, read_stamps, windows_only
+from .conftest import JOB_PY, JOB_SECONDS, max_overlap, missing, read_stamps, windows_only
 
 pytestmark = windows_only
 TIMEOUT = 120
@@ -45,14 +45,14 @@ def test_rust_client_joins_a_fastjob_server(tmp_path: Path) -> None:
 
 CHILD = """\
 import sys, anyio, fastjob
-out, n = sys.argv[1], int(sys.argv[2])
+out, n, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 c = fastjob.from_env(strict=True)
 assert c.style == "sem", c.style
 async def main():
     async with fastjob.JobGroup(c) as group:
         for i in range(n):
             group.start_soon(fastjob.run_process,
-                             [sys.executable, "job.py", f"{out}/{i}.stamp", "0.3"])
+                             [sys.executable, "job.py", f"{out}/{i}.stamp", seconds])
 anyio.run(main)
 c.close()
 """
@@ -65,7 +65,7 @@ def test_fastjob_joins_a_rust_pool(tmp_path: Path) -> None:
     peer = rust_peer()
     (tmp_path / "job.py").write_text(JOB_PY)
     (tmp_path / "child.py").write_text(CHILD)
-    done = subprocess.run([peer, "server", "2", sys.executable, "child.py", str(tmp_path), "8"],
+    done = subprocess.run([peer, "server", "2", sys.executable, "child.py", str(tmp_path), "8", JOB_SECONDS],
                           env=_clean_env(), cwd=tmp_path, capture_output=True, text=True,
                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
