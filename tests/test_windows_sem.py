@@ -42,6 +42,14 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX behaviour
 windows_only = pytest.mark.skipif(sys.platform != "win32", reason="needs real Windows semaphores")
 
 
+def _missing(what: str) -> None:
+    """Skip, or fail where the Windows tool chain is required
+    (scripts/test_windows.sh sets FASTJOB_WIN_REQUIRED=1)."""
+    if os.environ.get("FASTJOB_WIN_REQUIRED", "") not in ("", "0"):
+        pytest.fail(f"required for the Windows checks: {what}")
+    pytest.skip(what)
+
+
 def _under_wine() -> bool:
     if sys.platform != "win32":
         return False
@@ -65,7 +73,7 @@ def sem_test_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not HAVE_SOURCE:
         pytest.skip("needs the source tree (src/, tests/win/)")
     if MINGW is None:
-        pytest.skip("x86_64-w64-mingw32-gcc missing (Debian: apt-get install gcc-mingw-w64-x86-64)")
+        _missing("x86_64-w64-mingw32-gcc (Debian: apt-get install gcc-mingw-w64-x86-64)")
     out = tmp_path_factory.mktemp("win") / "sem_test.exe"
     cmd = [
         MINGW, "-O2", "-std=c99", "-Wall", "-Wextra", "-Werror",
@@ -82,9 +90,10 @@ def test_windows_code_cross_compiles(sem_test_exe: Path) -> None:
     assert sem_test_exe.read_bytes()[:2] == b"MZ"
 
 
-@pytest.mark.skipif(WINE is None, reason="wine is not installed (Debian: apt-get install wine64)")
 def test_windows_semaphores_under_wine(sem_test_exe: Path, tmp_path: Path) -> None:
-    """create/open/try/wait/wait-with-cancel/release, run under wine."""
+    """create/open/try/wait/wait-with-cancel/release/count, run under wine."""
+    if WINE is None:
+        _missing("wine (Debian: apt-get install wine wine64)")
     assert WINE is not None
     env = dict(os.environ, WINEDEBUG="-all", WINEPREFIX=str(tmp_path / "prefix"),
                WINEDLLOVERRIDES="mscoree,mshtml=")
@@ -98,6 +107,62 @@ def test_windows_semaphores_under_wine(sem_test_exe: Path, tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASSED: 0 failure(s)" in proc.stdout
     assert "FAIL " not in proc.stdout
+
+
+CLANG = shutil.which("clang")
+LLD_LINK = shutil.which("lld-link")
+MINGW_INCLUDE = Path("/usr/x86_64-w64-mingw32/include")
+
+
+def test_msvc_abi_branches_compile_and_run(tmp_path: Path) -> None:
+    """The _MSC_VER branches of fastjob_io_win.h (__inline, __declspec(thread))
+    compiled for the MSVC ABI by clang --target=x86_64-pc-windows-msvc with
+    -Wall -Wextra -Werror against MinGW's headers, linked by lld-link, and
+    sem_test run under wine."""
+    if not HAVE_SOURCE:
+        pytest.skip("needs the source tree (src/, tests/win/)")
+    if CLANG is None or LLD_LINK is None or MINGW is None or not MINGW_INCLUDE.is_dir():
+        _missing("clang, lld and gcc-mingw-w64-x86-64 (Debian: apt-get install clang lld ...)")
+    assert CLANG is not None and LLD_LINK is not None and MINGW is not None
+    resource = subprocess.run([CLANG, "-print-resource-dir"], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+    win = ROOT / "tests" / "win"
+    cflags = [
+        "--target=x86_64-pc-windows-msvc", "-fms-compatibility-version=19.40", "-nostdinc",
+        "-isystem", f"{resource}/include", "-isystem", str(MINGW_INCLUDE),
+        "-include", str(win / "msvc_shim.h"), f"-I{SRC}",
+    ]
+    objs = []
+    for src, strict in ((win / "sem_test.c", True), (win / "msvc_crt.c", False)):
+        obj = tmp_path / (src.stem + ".obj")
+        warn = ["-Wall", "-Wextra", "-Werror"] if strict else []
+        proc = subprocess.run([CLANG, *cflags, *warn, "-c", str(src), "-o", str(obj)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        objs.append(str(obj))
+    libgcc = Path(subprocess.run([MINGW, "-print-libgcc-file-name"], capture_output=True,
+                                 text=True, timeout=60).stdout.strip()).parent
+    exe = tmp_path / "sem_test_msvc.exe"
+    proc = subprocess.run(
+        [LLD_LINK, "/nologo", f"/out:{exe}", "/entry:fj_entry", "/subsystem:console", *objs,
+         f"/libpath:{MINGW_INCLUDE.parent / 'lib'}", f"/libpath:{libgcc}",
+         "libmingw32.a", "libmingwex.a", "libmsvcrt.a", "libkernel32.a", "libgcc.a"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if WINE is None:
+        _missing("wine, to run the MSVC-ABI build (Debian: apt-get install wine wine64)")
+    env = dict(os.environ, WINEDEBUG="-all", WINEPREFIX=str(tmp_path / "prefix"),
+               WINEDLLOVERRIDES="mscoree,mshtml=")
+    try:
+        run = subprocess.run([WINE, str(exe)], capture_output=True, text=True, env=env,
+                             timeout=180, stdin=subprocess.DEVNULL)
+    finally:
+        server = shutil.which("wineserver") or "/usr/lib/wine/wineserver"
+        if os.path.exists(server):
+            subprocess.run([server, "-k"], env=env, timeout=60, capture_output=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASSED: 0 failure(s)" in run.stdout
 
 
 @needs_source
