@@ -197,6 +197,7 @@ cdef extern from "fastjob_io.h" nogil:
     int fj_sem_try(fj_handle_t sem)
     int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeout_ms)
     int fj_sem_release(fj_handle_t sem)
+    int fj_sem_count(fj_handle_t sem)
     int fj_event_create(fj_handle_t *out)
     int fj_event_set(fj_handle_t ev)
     int fj_handle_close(fj_handle_t h)
@@ -228,7 +229,7 @@ def sem_create(str name, int count, int max_count):
 
 
 def sem_open(str name):
-    """OpenSemaphore(SYNCHRONIZE | SEMAPHORE_MODIFY_STATE, name)."""
+    """OpenSemaphore(SYNCHRONIZE | SEMAPHORE_MODIFY_STATE | SEMAPHORE_QUERY_STATE, name)."""
     cdef bytes b = name.encode("ascii")
     cdef const char *c = b
     cdef fj_handle_t h = 0
@@ -271,6 +272,16 @@ def sem_release(long long sem):
         r = fj_sem_release(sem)
     if r == -1:
         raise _winerror(errno)
+
+
+def sem_count(long long sem):
+    """The semaphore's current count, without taking any (NtQuerySemaphore)."""
+    cdef int r
+    with nogil:
+        r = fj_sem_count(sem)
+    if r == -1:
+        raise _winerror(errno)
+    return r
 
 
 def event_create():

@@ -52,6 +52,11 @@ typedef long long fj_handle_t;
 #endif
 #include <windows.h>
 
+/* winnt.h of the SDK defines it; MinGW's does not. */
+#ifndef SEMAPHORE_QUERY_STATE
+#define SEMAPHORE_QUERY_STATE 0x0001
+#endif
+
 #if defined(_MSC_VER)
 #define FJ_TLS __declspec(thread)
 #else
@@ -108,9 +113,11 @@ static FJ_INLINE int fj_sem_create(const char *name, int count, int max_count, f
     return 0;
 }
 
-/* Open the semaphore a jobserver named (the client side). */
+/* Open the semaphore a jobserver named (the client side); QUERY_STATE lets
+ * fj_sem_count read it (make's own children open it with ALL_ACCESS). */
 static FJ_INLINE int fj_sem_open(const char *name, fj_handle_t *out) {
-    HANDLE h = OpenSemaphoreA(SYNCHRONIZE | SEMAPHORE_MODIFY_STATE, FALSE, name);
+    HANDLE h = OpenSemaphoreA(SYNCHRONIZE | SEMAPHORE_MODIFY_STATE | SEMAPHORE_QUERY_STATE,
+                              FALSE, name);
     *out = 0;
     if (h == NULL) return fj_win_fail();
     *out = (fj_handle_t)(INT_PTR)h;
@@ -153,6 +160,43 @@ static FJ_INLINE int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeou
 static FJ_INLINE int fj_sem_release(fj_handle_t sem) {
     if (!ReleaseSemaphore((HANDLE)(INT_PTR)sem, 1, NULL)) return fj_win_fail();
     return 0;
+}
+
+/* The current count of a semaphore without taking any: NtQuerySemaphore
+ * (ntdll; neither <windows.h> nor the SDK import libraries declare it, so it
+ * is looked up at run time).  Returns the count, or -1 (EACCES without
+ * SEMAPHORE_QUERY_STATE access, ENOSYS if ntdll lacks it). */
+typedef struct { LONG CurrentCount; LONG MaximumCount; } fj_sem_basic_info_t;
+typedef LONG (WINAPI *fj_nt_query_semaphore_t)(HANDLE, int, void *, ULONG, ULONG *);
+typedef ULONG (WINAPI *fj_nt_status_to_dos_t)(LONG);
+
+static FJ_INLINE int fj_sem_count(fj_handle_t sem) {
+    /* Racing first calls store the same addresses: no lock needed. */
+    static fj_nt_query_semaphore_t query = NULL;
+    static fj_nt_status_to_dos_t to_dos = NULL;
+    fj_sem_basic_info_t info;
+    LONG status;
+    if (query == NULL) {
+        HMODULE nt = GetModuleHandleA("ntdll.dll");
+        /* Through void (*)(void): the generic function pointer type, so that
+         * no compiler warns about the cast from FARPROC. */
+        if (nt != NULL) {
+            to_dos = (fj_nt_status_to_dos_t)(void (*)(void))GetProcAddress(nt, "RtlNtStatusToDosError");
+            query = (fj_nt_query_semaphore_t)(void (*)(void))GetProcAddress(nt, "NtQuerySemaphore");
+        }
+        if (query == NULL) {
+            fj_win_error_ = ERROR_PROC_NOT_FOUND;
+            errno = ENOSYS;
+            return -1;
+        }
+    }
+    status = query((HANDLE)(INT_PTR)sem, 0 /* SemaphoreBasicInformation */, &info,
+                   (ULONG)sizeof info, NULL);
+    if (status != 0) { /* an NTSTATUS error */
+        SetLastError(to_dos != NULL ? to_dos(status) : ERROR_INVALID_HANDLE);
+        return fj_win_fail();
+    }
+    return (int)info.CurrentCount;
 }
 
 /* An auto-reset event, unsignalled: the cancel handle of fj_sem_wait. */
@@ -217,6 +261,7 @@ static FJ_INLINE int fj_sem_wait(fj_handle_t sem, fj_handle_t cancel, int timeou
     (void)sem; (void)cancel; (void)timeout_ms; return fj_sem_enosys_(0);
 }
 static FJ_INLINE int fj_sem_release(fj_handle_t sem) { (void)sem; return fj_sem_enosys_(0); }
+static FJ_INLINE int fj_sem_count(fj_handle_t sem) { (void)sem; return fj_sem_enosys_(0); }
 static FJ_INLINE int fj_event_create(fj_handle_t *out) { return fj_sem_enosys_(out); }
 static FJ_INLINE int fj_event_set(fj_handle_t ev) { (void)ev; return fj_sem_enosys_(0); }
 static FJ_INLINE int fj_handle_close(fj_handle_t h) { (void)h; return fj_sem_enosys_(0); }

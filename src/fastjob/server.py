@@ -108,6 +108,12 @@ class Server:
                 pass
 
     def _make_pipe(self) -> None:
+        if sys.platform == "win32":
+            raise UnsupportedPlatformError(
+                "style='pipe' is the POSIX jobserver (inherited pipe fds); on Windows "
+                "use style='sem' (the default there: a named semaphore, as make for "
+                "Windows makes)"
+            )
         r, w = os.pipe()  # close-on-exec: only children given pass_fds see it
         self._fds = [r, w]
         self._grow(w)

@@ -2,7 +2,8 @@
  * sem_test.c - exercises the Windows semaphore calls of src/fastjob_io.h
  * (fastjob_io_win.h): create, open by name, try, wait with timeout, wait
  * woken by a release from another thread, wait cancelled by an event,
- * release above the maximum, a taken name, a missing name.
+ * release above the maximum, a taken name, a missing name, counting
+ * (NtQuerySemaphore) from the creating and from an opened handle.
  *
  * Built by tests/test_windows_sem.py with x86_64-w64-mingw32-gcc and run
  * under wine when it is there (or natively on Windows).  Prints one line per
@@ -85,10 +86,15 @@ int main(void) {
     r = fj_sem_open("fastjob_test_no_such_semaphore", &other);
     CHECK(r == -1 && errno == ENOENT, "opening a missing name fails with ENOENT");
 
+    CHECK(fj_sem_count(sem) == 2, "count a full pool (creating handle)");
+    CHECK(fj_sem_count(client) == 2, "count a full pool (opened handle)");
+
     /* try: two tokens, then none. */
     CHECK(fj_sem_try(client) == 1, "try takes token 1");
+    CHECK(fj_sem_count(client) == 1, "the count drops with the token taken");
     CHECK(fj_sem_try(sem) == 1, "try takes token 2 (other handle, same pool)");
     CHECK(fj_sem_try(client) == FJ_AGAIN, "try with the pool empty returns FJ_AGAIN");
+    CHECK(fj_sem_count(sem) == 0, "count an empty pool");
 
     /* wait with a timeout and nothing free. */
     t0 = GetTickCount();
@@ -135,9 +141,13 @@ int main(void) {
     r = fj_sem_release(client);
     CHECK(r == -1 && errno == EOVERFLOW && fj_win_last_error() == ERROR_TOO_MANY_POSTS,
           "releasing above the maximum fails with EOVERFLOW");
+    CHECK(fj_sem_count(client) == 2, "count after everything came back");
 
     /* The POSIX calls are ENOSYS on Windows. */
     CHECK(fj_try_read(0) == -1 && errno == ENOSYS, "fj_try_read is ENOSYS on Windows");
+
+    r = fj_sem_count(cancel);
+    CHECK(r == -1 && fj_win_last_error() != 0, "counting an event (not a semaphore) fails");
 
     CHECK(fj_handle_close(cancel) == 0, "close the event");
     CHECK(fj_handle_close(client) == 0, "close the client handle");

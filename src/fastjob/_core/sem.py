@@ -12,6 +12,21 @@ readable, then try_read" loop claims it (anyio waits on sockets on every
 Windows event loop).  A parked token nobody claims within ``HANDBACK_GRACE``
 seconds (its waiter was cancelled) goes back to the semaphore.
 
+Only the async leader's ``try_read`` starts that thread; ``try_take`` (what
+Client.try_acquire calls) only looks, so a failed poll never leaves a thread
+that takes the next token.  A token is never "in transit" unseen: while the
+thread waits in the kernel, a try that finds the semaphore empty cancels that wait and lets the
+thread come out first, so a token the kernel already gave the thread is
+claimed rather than missed.
+
+Blocking waits (Client.acquire_blocking) call :meth:`SemaphoreTransport.wait_token`,
+a ``WaitForMultipleObjects([cancel event, semaphore])`` in slices of at most
+``WAIT_SLICE`` seconds so that Ctrl-C (KeyboardInterrupt) is seen between them;
+:meth:`SemaphoreTransport.cancel_waits` wakes those waits.
+
+:meth:`SemaphoreTransport.available` counts with ``NtQuerySemaphore`` (ntdll),
+the one documented way to read a semaphore's count without taking it.
+
 The calls come from the native extension (``_fastjob.sem_*``) or, for the
 pure-Python install, from kernel32 through ctypes.  This module imports on
 every platform (so it is type-checked and tested with a stand-in semaphore);
@@ -26,6 +41,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Final, Protocol
 
 from .. import _io
@@ -42,6 +58,11 @@ HANDBACK_GRACE: Final = 0.25
 SEM_TIMEOUT: Final = 0
 SEM_ACQUIRED: Final = 1
 SEM_CANCELLED: Final = 2
+#: Longest single kernel wait of wait_token: Ctrl-C is seen between two.
+WAIT_SLICE: Final = 0.05
+#: Longest wait for the waiter thread to come out of the kernel (it is
+#: woken by its cancel event at once; this only bounds a wedged thread).
+_SETTLE_TIMEOUT: Final = 2.0
 _ERROR_TOO_MANY_POSTS: Final = 298
 _names = itertools.count()
 
@@ -67,6 +88,10 @@ class SemaphoreAPI(Protocol):
 
     def release(self, sem: int) -> None:
         """Give one count back (OSError above the maximum)."""
+        ...
+
+    def count(self, sem: int) -> int:
+        """The semaphore's current count, without taking any (NtQuerySemaphore)."""
         ...
 
     def event_create(self) -> int:
@@ -101,6 +126,9 @@ class _NativeAPI:
     def release(self, sem: int) -> None:
         self._m.sem_release(sem)
 
+    def count(self, sem: int) -> int:
+        return self._m.sem_count(sem)
+
     def event_create(self) -> int:
         return self._m.event_create()
 
@@ -115,11 +143,15 @@ if sys.platform == "win32":
     import ctypes
     from ctypes import wintypes
 
+    class _SemaphoreBasicInformation(ctypes.Structure):
+        _fields_ = [("CurrentCount", wintypes.LONG), ("MaximumCount", wintypes.LONG)]
+
     class _CtypesAPI:
         """kernel32 through ctypes: the pure-Python install on Windows."""
 
         _SYNCHRONIZE = 0x00100000
         _SEMAPHORE_MODIFY_STATE = 0x0002
+        _SEMAPHORE_QUERY_STATE = 0x0001
         _WAIT_OBJECT_0 = 0
         _WAIT_TIMEOUT = 0x102
         _INFINITE = 0xFFFFFFFF
@@ -147,6 +179,13 @@ if sys.platform == "win32":
             k.CloseHandle.argtypes = [H]
             k.CloseHandle.restype = wintypes.BOOL
             self._k = k
+            nt = ctypes.WinDLL("ntdll")
+            nt.NtQuerySemaphore.argtypes = [H, ctypes.c_int, ctypes.c_void_p, wintypes.ULONG,
+                                            ctypes.POINTER(wintypes.ULONG)]
+            nt.NtQuerySemaphore.restype = wintypes.LONG
+            nt.RtlNtStatusToDosError.argtypes = [wintypes.LONG]
+            nt.RtlNtStatusToDosError.restype = wintypes.ULONG
+            self._nt = nt
 
         @staticmethod
         def _fail() -> OSError:
@@ -163,7 +202,7 @@ if sys.platform == "win32":
             return int(h)
 
         def open(self, name: str) -> int:
-            access = self._SYNCHRONIZE | self._SEMAPHORE_MODIFY_STATE
+            access = self._SYNCHRONIZE | self._SEMAPHORE_MODIFY_STATE | self._SEMAPHORE_QUERY_STATE
             h = self._k.OpenSemaphoreW(access, False, name)
             if not h:
                 raise self._fail()
@@ -191,6 +230,14 @@ if sys.platform == "win32":
         def release(self, sem: int) -> None:
             if not self._k.ReleaseSemaphore(sem, 1, None):
                 raise self._fail()
+
+        def count(self, sem: int) -> int:
+            info = _SemaphoreBasicInformation()
+            status = int(self._nt.NtQuerySemaphore(sem, 0, ctypes.byref(info),
+                                                   ctypes.sizeof(info), None))
+            if status != 0:  # an NTSTATUS error
+                raise ctypes.WinError(int(self._nt.RtlNtStatusToDosError(status)))
+            return int(info.CurrentCount)
 
         def event_create(self) -> int:
             h = self._k.CreateEventW(None, False, False, None)
@@ -257,35 +304,130 @@ class SemaphoreTransport(Transport):
         self._demand = False
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._cancel = 0
+        self._in_wait = False  # the waiter thread is in (or entering) the kernel wait
+        self._settling = 0  # callers holding the waiter thread out of the kernel
+        self._cancel = 0  # wakes the waiter thread
+        self._fg_cancel = 0  # wakes wait_token callers
+        self._fg_gen = 0  # bumped by cancel_waits()
+        self._fg_waiters = 0
         self._rsock, self._wsock = socket.socketpair()
         self._rsock.setblocking(False)
         self._wsock.setblocking(False)
         self.read_fd = self._rsock.fileno()
         try:
             self._cancel = self._api.event_create()
+            self._fg_cancel = self._api.event_create()
         except BaseException:
             self._close_handles()
             raise
 
     # -- token I/O -------------------------------------------------------------
     def try_read(self) -> int:
+        """try_take, and when no token is free have the waiter thread wait
+        for one (announced on read_fd): the async leader's read."""
+        b = self.try_take()
+        if b < 0:
+            self._want()
+        return b
+
+    def try_take(self) -> int:
+        """A token if one is free now (parked by the waiter thread, or in the
+        semaphore), else AGAIN; starts no wait (Client.try_acquire)."""
         with self._lock:
             if self._closed:
                 raise self.closed_error()
-            if self._pending:
-                self._pending -= 1
-                self._unannounce()
-                self._cond.notify_all()
+            if self._claim_locked():
                 return TOKEN_BYTE
-        if self._api.try_acquire(self._sem):
-            return TOKEN_BYTE
-        self._want()
+            if self._in_wait:
+                # The kernel may have handed the waiter thread a token it has
+                # not parked yet: bring the thread out and look again.
+                try:
+                    self._settle_locked()
+                    if self._claim_locked():
+                        return TOKEN_BYTE
+                finally:
+                    self._unsettle_locked()
         return _io.AGAIN
 
+    def _claim_locked(self) -> bool:
+        """A parked token, else one free in the semaphore (never blocks)."""
+        if self._pending:
+            self._pending -= 1
+            self._unannounce()
+            self._cond.notify_all()
+            return True
+        return self._api.try_acquire(self._sem)
+
+    def _settle_locked(self) -> None:
+        """Hold the waiter thread out of the kernel wait (cancel it and wait
+        until it has come out, parking a token it got); undo with
+        _unsettle_locked."""
+        self._settling += 1
+        if self._in_wait:
+            try:
+                self._api.event_set(self._cancel)
+            except OSError:
+                return
+            self._cond.wait_for(lambda: not self._in_wait, _SETTLE_TIMEOUT)
+
+    def _unsettle_locked(self) -> None:
+        self._settling -= 1
+        if not self._settling:
+            self._cond.notify_all()
+
     def read_blocking(self) -> int:
-        r = self._api.wait(self._sem, self._cancel, None)
-        return TOKEN_BYTE if r == SEM_ACQUIRED else _io.AGAIN
+        return TOKEN_BYTE if self.wait_token(None) else _io.AGAIN
+
+    def wait_token(self, timeout: float | None) -> bool:
+        """Wait in this thread for a token: True when one was taken (this
+        caller now holds it), False after ``timeout`` seconds (None: no limit)
+        or when :meth:`cancel_waits` was called meanwhile (callers look at
+        their own state and call again).  The kernel wait is
+        ``WaitForMultipleObjects([cancel event, semaphore])`` with the GIL
+        released, in slices of at most WAIT_SLICE seconds, so Ctrl-C raises
+        KeyboardInterrupt here within one slice.  A token the waiter thread
+        parked meanwhile is claimed too.  JobserverClosedError once the
+        transport is closed."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            if self._closed:
+                raise self.closed_error()
+            gen = self._fg_gen
+            self._fg_waiters += 1
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        raise self.closed_error()
+                    if self._claim_locked():
+                        return True
+                    if self._fg_gen != gen:
+                        return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                r = self._api.wait(
+                    self._sem, self._fg_cancel, WAIT_SLICE if left is None else min(left, WAIT_SLICE)
+                )
+                if r == SEM_ACQUIRED:
+                    return True
+                # SEM_TIMEOUT (one slice) or SEM_CANCELLED: look again above.
+        finally:
+            with self._lock:
+                self._fg_waiters -= 1
+                self._cond.notify_all()
+
+    def cancel_waits(self) -> None:
+        """Make every :meth:`wait_token` under way return False soon: the one
+        in the kernel at once, any other within one WAIT_SLICE."""
+        with self._lock:
+            self._fg_gen += 1
+            ev = self._fg_cancel
+        if ev:
+            try:
+                self._api.event_set(ev)
+            except OSError:
+                pass  # closed meanwhile: the waits end with JobserverClosedError
 
     def write(self, byte: int) -> None:
         try:
@@ -299,7 +441,16 @@ class SemaphoreTransport(Transport):
             raise
 
     def available(self) -> int | None:
-        return None  # a semaphore's count cannot be read without taking it
+        """Free tokens: the semaphore's count (NtQuerySemaphore) plus tokens
+        the waiter thread took and nobody claimed yet."""
+        with self._lock:
+            if self._closed:
+                raise self.closed_error()
+            try:
+                self._settle_locked()  # a token in the thread's hands counts as free
+                return self._api.count(self._sem) + self._pending
+            finally:
+                self._unsettle_locked()
 
     # -- the waiter thread --------------------------------------------------------
     def _want(self) -> None:
@@ -318,23 +469,34 @@ class SemaphoreTransport(Transport):
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._demand and not self._closed:
+                while (not self._demand or self._settling) and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
+                self._in_wait = True
             try:
                 r = self._api.wait(self._sem, self._cancel, None)
             except OSError:
+                with self._lock:
+                    self._in_wait = False
+                    self._cond.notify_all()
                 return  # the handles were closed under us: close() is running
-            if r != SEM_ACQUIRED:
-                continue  # cancelled: close() or a new demand; look again
             with self._lock:
+                self._in_wait = False
+                self._cond.notify_all()
+                if r != SEM_ACQUIRED:
+                    continue  # cancelled: close(), a settle or a new demand; look again
                 if self._closed:
                     self._give_back(1)
                     return
                 self._demand = False
                 self._pending += 1
                 self._announce()
+                if self._fg_waiters:
+                    try:
+                        self._api.event_set(self._fg_cancel)  # a blocking waiter may claim it
+                    except OSError:
+                        pass
                 # The hand-back rule: claimed soon, or back to the pool.
                 self._cond.wait_for(lambda: not self._pending or self._closed, HANDBACK_GRACE)
                 if self._pending and not self._closed:
@@ -379,27 +541,32 @@ class SemaphoreTransport(Transport):
             self._closed = True
             pending, self._pending = self._pending, 0
             self._cond.notify_all()
-        if self._cancel:
-            try:
-                self._api.event_set(self._cancel)
-            except OSError:
-                pass
+        for ev in (self._cancel, self._fg_cancel):
+            if ev:
+                try:
+                    self._api.event_set(ev)
+                except OSError:
+                    pass
         th = self._thread
         if th is not None and th is not threading.current_thread():
             th.join(timeout=5.0)
+        with self._lock:
+            # wait_token callers leave within one slice; their handles must
+            # stay open until then.
+            self._cond.wait_for(lambda: not self._fg_waiters, 5.0)
         self._give_back(pending)
         self._close_handles()
 
     def _close_handles(self) -> None:
         self._rsock.close()
         self._wsock.close()
-        for h in (self._cancel, self._sem):
+        for h in (self._cancel, self._fg_cancel, self._sem):
             if h:
                 try:
                     self._api.close(h)
                 except OSError:
                     pass
-        self._cancel = self._sem = 0
+        self._cancel = self._fg_cancel = self._sem = 0
 
 
 def create_semaphore_pool(

@@ -506,6 +506,13 @@ if hasattr(os, "register_at_fork"):
 
 def open_transport(auth: JobserverAuth, *, allow_foreign: bool = False) -> Transport:
     """Open and validate the pool auth names."""
+    if sys.platform == "win32" and auth.style != "sem":
+        raise UnsupportedPlatformError(
+            f"the jobserver is a POSIX {'pipe (inherited fds)' if auth.style == 'pipe' else 'FIFO'}, "
+            "which a Windows process cannot use: make for Windows names a semaphore "
+            "(--jobserver-auth=gmake_semaphore_<pid>); run this under a native Windows make "
+            "(not one from MSYS2 or Cygwin), or a fastjob Server"
+        )
     if auth.style == "pipe":
         assert auth.read_fd is not None and auth.write_fd is not None
         return PipeTransport(auth.read_fd, auth.write_fd)
