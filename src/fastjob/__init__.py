@@ -9,6 +9,8 @@ create one for children (``fastjob.Server``), and gate work on its tokens
 from __future__ import annotations
 
 from ._discovery import connect, from_env
+from ._governor import Limits
+from ._pool_size import ServerStatistics
 from ._errors import (
     BadFdError,
     FifoError,
@@ -43,9 +45,11 @@ __all__ = [
     "JobserverClosedError",
     "JobserverError",
     "JobserverWarning",
+    "Limits",
     "NotAPipeError",
     "PipeMismatchError",
     "Server",
+    "ServerStatistics",
     "Token",
     "TokenLeakWarning",
     "UnsupportedPlatformError",
