@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from ._errors import JobserverError
 
-__all__ = ["ControlError", "ControlServer", "ENV", "find_by_pid", "request"]
+__all__ = ["ControlError", "ControlRefused", "ControlServer", "ENV", "find_by_pid", "request"]
 
 ENV = "FASTJOB_CONTROL"
 MAX_LINE = 4096
@@ -38,7 +38,11 @@ TIMEOUT = 5.0
 
 
 class ControlError(JobserverError):
-    """The control socket is missing, stale, foreign or answered an error."""
+    """The control socket is missing, stale, foreign or unusable."""
+
+
+class ControlRefused(ControlError):
+    """The owner answered, and refused the request (e.g. a bad size)."""
 
 
 def socket_name(pid: int) -> str:
@@ -214,7 +218,7 @@ def request(path: str, msg: dict[str, Any], timeout: float = TIMEOUT) -> dict[st
     if not isinstance(reply, dict):
         raise ControlError(f"the control socket {path} sent no valid reply")
     if not reply.get("ok"):
-        raise ControlError(str(reply.get("error", "the owner refused the request")))
+        raise ControlRefused(str(reply.get("error", "the owner refused the request")))
     status = reply.get("status")
     if not isinstance(status, dict):
         raise ControlError(f"the control socket {path} sent no status")

@@ -27,6 +27,7 @@ from typing import IO, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .._governor import Limits
 from .pool import Pool, open_pool, warn
 from .._core.token import Token
 
@@ -78,6 +79,7 @@ class Spec:
     keep_going: bool = False
     progress: bool = False
     tag: bool = False
+    limits: Limits | None = None  # the governor's (cli.limits)
     #: hooks for samplers and reports (``--trace``/``--report``): ``on_start``
     #: once the pool is open, ``on_job`` as each job ends, ``on_stop`` before
     #: the pool is accounted for and closed
@@ -432,7 +434,7 @@ def parallel(spec: Spec) -> int:
     returns the number of failed commands (at most 101), 128+N on signal N."""
     if not spec.commands:
         return 0
-    pool = open_pool(spec.jobs)
+    pool = open_pool(spec.jobs, limits=spec.limits)
     try:
         runner = Runner(spec, pool)
         for on_start in spec.on_start:

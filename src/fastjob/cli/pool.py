@@ -14,6 +14,7 @@ from .._discovery import find_jobserver, from_env
 from .._errors import InvalidAuthError, JobserverError, JobserverWarning
 from .._makeflags import JOBSERVER_VARIABLES, scan_makeflags
 from ..client import Client
+from .._governor import Limits
 from ..server import Server
 
 
@@ -96,9 +97,15 @@ def _join_env(var: str, client: Client, environ: Mapping[str, str]) -> dict[str,
     return env
 
 
-def open_pool(jobs: int | None, style: str | None = None) -> Pool:
+def open_pool(jobs: int | None, style: str | None = None, limits: Limits | None = None) -> Pool:
     """Join the inherited jobserver when ``jobs`` is None and there is a
-    usable one; otherwise create a Server of ``jobs`` (default: CPU count)."""
+    usable one; otherwise create a Server of ``jobs`` (default: CPU count),
+    governed by ``limits``; children find its control socket in FASTJOB_CONTROL."""
+    if limits is not None and jobs is None and find_jobserver() is not None:
+        raise ValueError(
+            "the limits (-l, --min-free-memory, --max-pressure) govern a pool fastjob "
+            "creates, and this process is inside another jobserver: give -j N as well"
+        )
     if jobs is None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", JobserverWarning)
@@ -114,5 +121,5 @@ def open_pool(jobs: int | None, style: str | None = None) -> Pool:
             assert found is not None
             env = _join_env(found[0], client, os.environ)
             return Pool(client, None, env, client.pass_fds)
-    server = Server(jobs if jobs is not None else (os.cpu_count() or 1), style)
-    return Pool(server.client, server, server.env(), server.pass_fds)
+    server = Server(jobs if jobs is not None else (os.cpu_count() or 1), style, limits=limits)
+    return Pool(server.client, server, server.control_env(server.env()), server.pass_fds)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Callable
 
+from .._governor import Limits
 from .pool import Pool, open_pool, warn
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -105,6 +106,7 @@ def run(
     jobs: int | None = None,
     style: str | None = None,
     hooks: RunHooks | None = None,
+    limits: Limits | None = None,
 ) -> int:
     """Run ``command`` in the inherited pool (``jobs`` None) or a new one;
     returns its exit status (128+N when killed by signal N)."""
@@ -125,7 +127,7 @@ def run(
     previous = {sig: signal.signal(sig, forward) for sig in wanted}
     pool: Pool | None = None
     try:
-        pool = open_pool(jobs, style)
+        pool = open_pool(jobs, style, limits=limits)
         if pool.server is not None:
             # The Server put its own FIFO-cleanup handler in; forwarding wins
             # and the FIFO goes away in pool.finish() below.
