@@ -32,9 +32,10 @@ def _control_path(pid: int | None) -> str | None:
     return path or None
 
 
-def _env_pool() -> tuple[dict[str, Any], object] | None:
+def _env_pool(quiet: bool) -> tuple[dict[str, Any], object] | None:
     """What this process can see of the jobserver its environment names:
-    (report, identity), or None when none is named."""
+    (report, identity), or None when none is named (or, ``quiet``, when it
+    is unusable here: fds not inherited, while the owner can still answer)."""
     found = find_jobserver()
     if found is None or found[2] is None:
         return None
@@ -44,6 +45,8 @@ def _env_pool() -> tuple[dict[str, Any], object] | None:
         warnings.simplefilter("always", JobserverWarning)
         client = from_env(implicit_token=False)
     if client is None:
+        if quiet:
+            return None
         why = next((str(w.message) for w in caught), "it cannot be used")
         raise _Usage(f"the jobserver named in {var} is unusable: {why} ('fastjob doctor' explains)")
     try:
@@ -87,7 +90,7 @@ def status(*, as_json: bool = False, pid: int | None = None) -> int:
     """Print the pool's state; 0, or 2 with a one-line error."""
     try:
         path = _control_path(pid)
-        env_pool = _env_pool() if pid is None else None
+        env_pool = _env_pool(quiet=path is not None) if pid is None else None
         report: dict[str, Any] | None = None
         if path is not None:
             owner, ident = _owner_report(path, {"op": "status"})
