@@ -107,12 +107,13 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(TIMEOUT)
+        line = _recv_line(conn)  # read first, so the refusal reaches the peer
         uid = peer_uid(conn)
         if uid is not None and uid != os.geteuid():
             _send(conn, {"ok": False, "error": f"uid {uid} may not control this pool"})
             return
         try:
-            msg = json.loads(_recv_line(conn))
+            msg = json.loads(line)
             if not isinstance(msg, dict):
                 raise ValueError("a request is a JSON object")
             op = msg.get("op")
