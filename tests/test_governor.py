@@ -379,3 +379,49 @@ def test_memory_hungry_build_stays_near_the_floor(tmp_path: Path) -> None:
     # machine did meanwhile)
     assert lowest >= floor - int(1.25 * job), (avail0, floor, lowest)
     assert avail0 - lowest >= 1.5 * job  # and jobs did run side by side
+
+
+# -- --trace / --report of a governed pool ----------------------------------------------------
+def test_trace_shows_effective_size_and_held_back_time(tmp_path: Path) -> None:
+    from fastjob.trace import Recorder
+
+    with fastjob.Server(4) as s:
+        with Recorder(s, implicit=False) as rec:
+            time.sleep(0.1)
+            s.resize(2)
+            time.sleep(0.2)
+            s.resize(4)
+            time.sleep(0.1)
+        eff = [e for _, e, _ in rec.effective]
+        assert eff == [4, 2, 4]
+        summary = rec.summary()
+        assert summary.min_effective == 2 and 0.15 < summary.held_back_time < 1.0
+        assert [name for name, _ in summary.held_back_by] == ["resize"]
+        assert "limits held slots back for" in summary.format()
+        data = rec.chrome_trace()
+        names = {(e["ph"], e["name"]) for e in data["traceEvents"]}
+        assert ("C", "effective size") in names and ("X", "held back by resize") in names
+        assert "effective size (limits)" in rec.report_html()
+
+
+def test_cli_trace_of_a_governed_run(tmp_path: Path) -> None:
+    trace, report = tmp_path / "t.json", tmp_path / "r.html"
+    out = subprocess.run(
+        [*FASTJOB, "run", "-j4", "--min-free-memory", str(1 << 60), "--trace", str(trace),
+         "--report", str(report), "--", sys.executable, "-c", "import time; time.sleep(0.8)"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "limits held slots back for" in out.stderr and "memory" in out.stderr
+    assert "min 1 of 4" in out.stderr
+    data = json.loads(trace.read_text())
+    assert {e["args"]["slots"] for e in data["traceEvents"] if e["name"] == "effective size"} == {1}
+    held = [e for e in data["traceEvents"] if e["name"] == "held back by memory"]
+    assert held and sum(e["dur"] for e in held) > 0.5e6
+    html = report.read_text()
+    assert "limits held slots back" in html and "memory" in html
+
+
+def test_ungoverned_summary_has_no_limits_line() -> None:
+    out = subprocess.run([*FASTJOB, "run", "-j2", "--trace", os.devnull, "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "limits" not in out.stderr
