@@ -8,7 +8,7 @@ LINK_MB of touched memory over ~1.6 s and hold it for a second, all run by
 
 * ``fixed -j8``: ``fastjob parallel -j8`` (what make -j8 would do);
 * ``governed``: the same with ``--min-free-memory FLOOR``, FLOOR set so that
-  about two links fit above it: MemAvailable at the start minus 2.5 links.
+  about one and a half links fit above it: MemAvailable at the start minus 1.5 links.
 
 Measured per round, the contenders alternating (the order flips every round):
 makespan (wall time of the whole command), the largest drop of the system's
@@ -132,7 +132,7 @@ def measure(quick: bool, rounds: int | None, link_mb: int, log: Any) -> dict[str
             for name in order:
                 argv = [PY, "-m", "fastjob", "parallel", "-j8", "--no-progress", "-a", str(cmds)]
                 if name == "governed":
-                    floor = mem_available() - int(2.5 * link)
+                    floor = mem_available() - int(1.5 * link)
                     floors.append(floor)
                     argv[4:4] = ["--min-free-memory", str(floor)]
                 res = one_round(name, argv, stamp, tmp)
@@ -142,7 +142,7 @@ def measure(quick: bool, rounds: int | None, link_mb: int, log: Any) -> dict[str
                     f"{res['peak_links']:.0f} link(s) at once")
     out: dict[str, Any] = {
         "params": {"small_jobs": n_small, "link_jobs": n_link, "link_mb": link_mb, "jobs": 8,
-                   "rounds": rounds, "floor_below_start_gib": 2.5 * link / 2**30},
+                   "rounds": rounds, "floor_below_start_gib": 1.5 * link / 2**30},
         "results": {},
     }
     for name, rs in results.items():

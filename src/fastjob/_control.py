@@ -86,6 +86,7 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         self._sock.listen(8)
         self._wake_r, self._wake_w = os.pipe()
+        self._pid = os.getpid()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="fastjob-control", daemon=True)
         self._thread.start()
@@ -134,15 +135,18 @@ class ControlServer:
         if self._closed:
             return
         self._closed = True
-        os.write(self._wake_w, b"x")
-        self._thread.join(5.0)
+        owner = os.getpid() == self._pid  # a forked child must not stop the parent's
+        if owner:
+            os.write(self._wake_w, b"x")
+            self._thread.join(5.0)
         self._sock.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if owner:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 def _send(conn: socket.socket, obj: dict[str, Any]) -> None:

@@ -84,6 +84,7 @@ class PoolSize:
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         self._closed = False
+        self._pid = os.getpid()
         self.error: BaseException | None = None  # why the settle thread stopped
 
     # -- what the server reports ---------------------------------------------------
@@ -258,8 +259,9 @@ class PoolSize:
             self._closed = True
             thread = self._thread
         if thread is not None:
-            self._poke()
-            thread.join(5.0)
+            if os.getpid() == self._pid:  # a forked child has no such thread
+                self._poke()
+                thread.join(5.0)
             for fd in (self._wake_r, self._wake_w):
                 try:
                     os.close(fd)

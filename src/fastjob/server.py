@@ -86,7 +86,11 @@ class Server:
         self._size = PoolSize(self._transport, jobs, self._put_tokens, self._set_jobs)
         if limits is not None:
             self._governor = Governor(limits, self._size)
-            self._governor.start()
+            try:
+                self._governor.start()
+            except BaseException:  # e.g. its warning turned into an error
+                self.close()
+                raise
 
     # -- creation ---------------------------------------------------------------
     def _fill(self, fd: int) -> None:
