@@ -261,3 +261,22 @@ def test_children_see_the_new_size(tmp_path: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             s.resize(2)
+
+
+def test_a_forked_child_closing_its_copy_leaves_the_owner_working() -> None:
+    from fastjob._control import request
+
+    with fastjob.Server(4) as s:
+        path = s.serve_control()
+        s.resize(2)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    s.close()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert request(path, {"op": "resize", "jobs": 3})["jobs"] == 3
+        assert s.statistics().effective == 3 and s.available() == 2

@@ -243,7 +243,10 @@ class PoolSize:
     # -- accounting ------------------------------------------------------------------
     def give_back_all(self) -> None:
         """Put every withheld token back into the pool (before close, so
-        children still running keep a consistent pool)."""
+        children still running keep a consistent pool).  Only the owner: a
+        forked child's copy of the withheld list is not its to write."""
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             while self._withheld:
                 try:
