@@ -17,6 +17,7 @@ processes on the machine add noise, hence the medians), and the most links
 that ran at once (from the jobs' own start/end stamps: noise-free).
 
     python benchmarks/bench_governor.py [--quick] [--rounds N] [--link-mb MB] [--json FILE]
+    python benchmarks/bench_governor.py --picture docs/governor.png   # one governed run's report
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import tempfile
 import textwrap
 import threading
@@ -34,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from _common import PY, impl_env, machine, md_table, summary
+
+# the jobs need no fastjob: any python3 on PATH will do, and the label stays short
+PY_NAME = "python3" if shutil.which("python3") else PY
 
 SMALL = textwrap.dedent("""
     import sys, time
@@ -107,6 +112,43 @@ def one_round(name: str, argv: list[str], stamp: Path, cwd: str) -> dict[str, fl
     return {"makespan": dt, "peak_mem_drop": float(base - low[0]), "peak_links": peak_links(stamp)}
 
 
+def write_lines(tmp: str, stamp: Path, n_small: int, n_link: int, link_mb: int) -> Path:
+    small, linkf = Path(tmp, "small.py"), Path(tmp, "link.py")
+    small.write_text(SMALL)
+    linkf.write_text(LINK)
+    # each link follows its share of compiles, as in a build of several binaries
+    per = n_small // n_link
+    lines = []
+    for _ in range(n_link):
+        # relative names (the commands run in ``tmp``): short labels in the report
+        lines += [f"{PY_NAME} small.py"] * per + [f"{PY_NAME} link.py {link_mb} {stamp.name}"]
+    cmds = Path(tmp, "cmds")
+    cmds.write_text("\n".join(lines) + "\n")
+    return cmds
+
+
+def picture(png: str, link_mb: int, log: Any) -> None:
+    """One governed run of the build with --report, rendered to ``png``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    from fastjob.trace.report import screenshot
+
+    with tempfile.TemporaryDirectory(prefix="fj-governor-") as tmp:
+        stamp = Path(tmp, "links")
+        stamp.write_text("")
+        cmds = write_lines(tmp, stamp, 48, 4, link_mb)
+        floor = mem_available() - int(1.5 * (link_mb << 20))
+        html = Path(tmp, "report.html")
+        argv = [PY, "-m", "fastjob", "parallel", "-j8", "--no-progress", "--min-free-memory",
+                str(floor), "--report", str(html), "-a", str(cmds)]
+        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=impl_env("native"), cwd=tmp, timeout=900)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-2000:])
+        log(r.stderr.strip())
+        screenshot(html, png, width=1200, height=760)
+    log(f"wrote {png}")
+
+
 def measure(quick: bool, rounds: int | None, link_mb: int, log: Any) -> dict[str, Any]:
     n_small, n_link = (24, 3) if quick else (48, 4)
     rounds = rounds or (2 if quick else 3)
@@ -115,16 +157,7 @@ def measure(quick: bool, rounds: int | None, link_mb: int, log: Any) -> dict[str
     floors = []
     with tempfile.TemporaryDirectory(prefix="fj-governor-") as tmp:
         stamp = Path(tmp, "links")
-        small, linkf = Path(tmp, "small.py"), Path(tmp, "link.py")
-        small.write_text(SMALL)
-        linkf.write_text(LINK)
-        # each link follows its share of compiles, as in a build of several binaries
-        per = n_small // n_link
-        lines = []
-        for _ in range(n_link):
-            lines += [f"{PY} {small}"] * per + [f"{PY} {linkf} {link_mb} {stamp}"]
-        cmds = Path(tmp, "cmds")
-        cmds.write_text("\n".join(lines) + "\n")
+        cmds = write_lines(tmp, stamp, n_small, n_link, link_mb)
         for rnd in range(rounds):
             order = ["fixed -j8", "governed"]
             if rnd % 2:
@@ -172,9 +205,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--link-mb", type=int, default=1024)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--picture", metavar="PNG", help="only render one governed run's report")
     a = ap.parse_args()
     if not sys.platform.startswith("linux"):
         raise SystemExit("bench_governor needs Linux (/proc/meminfo)")
+    if a.picture:
+        picture(a.picture, a.link_mb, lambda m: print(m, file=sys.stderr))
+        return
     res = {"machine": machine(),
            "governor": measure(a.quick, a.rounds, a.link_mb, lambda m: print(m, file=sys.stderr))}
     if a.json:
