@@ -122,6 +122,13 @@ class PoolSize:
             raise TypeError(f"jobs must be an int, not {type(jobs).__name__}")
         if jobs < 1:
             raise ValueError(f"resize({jobs}): a pool needs at least one slot (jobs >= 1)")
+        if self._t.style == "sem":
+            # The semaphore's maximum count is fixed when it is created, and
+            # waiting for its count needs a Windows wait, not poll().
+            raise UnsupportedPlatformError(
+                "resize() of a Windows semaphore pool is not supported yet; "
+                "create the Server with the size you need"
+            )
         with self._lock:
             self._check_open()
             old = self.jobs

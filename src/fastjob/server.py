@@ -222,16 +222,8 @@ class Server:
         self.client._jobs = jobs
 
     def _put_tokens(self, n: int) -> int:
-        """Write up to ``n`` new tokens without blocking; how many fit."""
-        if self.style == "sem":
-            put = 0
-            try:
-                for _ in range(n):
-                    self._transport.write(TOKEN_BYTE)
-                    put += 1
-            except (OSError, JobserverError):
-                pass
-            return put
+        """Write up to ``n`` new tokens without blocking; how many fit (pipe
+        and fifo: a sem pool is never resized)."""
         wfd = self._fds[1]
         if sys.platform.startswith("linux"):
             circulating = self._size.total - self._size.withheld + n
