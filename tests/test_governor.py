@@ -425,3 +425,38 @@ def test_ungoverned_summary_has_no_limits_line() -> None:
     out = subprocess.run([*FASTJOB, "run", "-j2", "--trace", os.devnull, "--", "true"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "limits" not in out.stderr
+
+
+# -- the CLI options ------------------------------------------------------------------------
+def test_cli_limit_options_parse_into_limits() -> None:
+    from fastjob.cli import build_parser
+    from fastjob.cli.limits import limits_from_args
+
+    p = build_parser()
+    for cmd in (["run", "-j2"], ["parallel", "-j2"]):
+        ns = p.parse_args([*cmd, "-l", "3.5", "--min-free-memory", "2G",
+                           "--max-pressure", "memory=20,cpu=80%"])
+        assert limits_from_args(ns) == fastjob.Limits(
+            load_average=3.5, min_free_memory=2 << 30, max_memory_pressure=20, max_cpu_pressure=80)
+        assert limits_from_args(p.parse_args(cmd)) is None
+    ns = p.parse_args(["run", "--max-pressure", "cpu=5"])
+    assert limits_from_args(ns) == fastjob.Limits(max_cpu_pressure=5)
+
+
+@pytest.mark.parametrize("bad", [["-l", "0"], ["--min-free-memory", "4X"],
+                                 ["--max-pressure", "disk=5"], ["--max-pressure", "cpu=101"],
+                                 ["--max-pressure", "cpu=1,cpu=2"]])
+def test_cli_bad_limit_is_one_line_exit_2(bad: list[str]) -> None:
+    out = subprocess.run([*FASTJOB, "run", "-j2", *bad, "--", "true"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_cli_limits_inside_another_jobserver_need_j() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS")}
+    code = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+    # a fastjob pool outside, `fastjob run -l` without -j inside it
+    out = subprocess.run([*FASTJOB, "run", "-j2", "--", sys.executable, "-c", code,
+                          *FASTJOB, "run", "-l", "4", "--", "true"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 1 and "give -j N as well" in out.stderr
