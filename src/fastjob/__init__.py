@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._discovery import connect, from_env
+    from ._governor import Limits
+    from ._pool_size import ServerStatistics
     from ._io import NATIVE
     from ._makeflags import JobserverAuth, format_makeflags, parse_makeflags
     from .client import Client, ClientStatistics, Token, TokenSet
@@ -58,6 +60,8 @@ _LAZY: dict[str, str] = {
     "open_process": ".process",
     "run_process": ".process",
     "Server": ".server",
+    "Limits": "._governor",
+    "ServerStatistics": "._pool_size",
 }
 del TYPE_CHECKING
 
@@ -90,9 +94,11 @@ __all__ = [
     "JobserverClosedError",
     "JobserverError",
     "JobserverWarning",
+    "Limits",
     "NotAPipeError",
     "PipeMismatchError",
     "Server",
+    "ServerStatistics",
     "Token",
     "TokenLeakWarning",
     "TokenSet",

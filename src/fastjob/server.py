@@ -18,6 +18,8 @@ from . import _io
 from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError, warn_at_caller
 from ._makeflags import JobserverAuth, child_environment
 from ._core.transport import FifoTransport, PipeTransport, Transport
+from ._governor import Governor, Limits
+from ._pool_size import PoolSize, ServerStatistics
 from .client import Client, _live_clients
 
 __all__ = ["Server"]
@@ -41,9 +43,15 @@ class Server:
     ``style`` is "pipe" (POSIX default: every make, ninja and cargo reads it),
     "fifo" (make >= 4.4, ninja >= 1.13; a 0600 FIFO in a fresh 0700
     directory) or "sem" (Windows).
+
+    ``limits`` (a :class:`fastjob.Limits`) starts a governor that lowers the
+    size allowed while the machine is overloaded or short of memory, and
+    raises it back afterwards (see docs/governor.md).
     """
 
-    def __init__(self, jobs: int | None = None, style: str | None = None) -> None:
+    def __init__(
+        self, jobs: int | None = None, style: str | None = None, limits: Limits | None = None
+    ) -> None:
         if jobs is None:
             jobs = os.cpu_count() or 1
         if isinstance(jobs, bool) or not isinstance(jobs, int):
@@ -61,6 +69,10 @@ class Server:
         self._pid = os.getpid()
         self._closed = False
         self._transport: Transport
+        self._control: Any = None
+        self._governor: Governor | None = None
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a fastjob.Limits, not {type(limits).__name__}")
         try:
             if style == "pipe":
                 self._make_pipe()
@@ -82,6 +94,14 @@ class Server:
         # The client keeps its server alive: the pool's fds are the server's,
         # and the finalizer below must not close them under a client in use.
         setattr(self.client, "_server", self)
+        self._size = PoolSize(self._transport, jobs, self._put_tokens, self._set_jobs)
+        if limits is not None:
+            self._governor = Governor(limits, self._size)
+            try:
+                self._governor.start()
+            except BaseException:  # e.g. its warning turned into an error
+                self.close()
+                raise
 
     # -- creation ---------------------------------------------------------------
     def _fill(self, fd: int) -> None:
@@ -151,6 +171,92 @@ class Server:
         self._transport, self._sem_name = create_semaphore_pool(self.jobs)
         self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
 
+    # -- size ----------------------------------------------------------------------
+    def resize(self, jobs: int) -> None:
+        """Set the pool's size to ``jobs`` slots (the implicit one included, as
+        in ``Server(jobs)``).  Growing writes tokens at once; shrinking takes
+        free tokens back and withholds the others as their holders return
+        them: it never takes a token from a holder and never blocks.  New
+        children see ``-j<jobs>``.  ValueError for ``jobs < 1`` or more
+        tokens than the pipe holds."""
+        self._size.resize(jobs)
+
+    @property
+    def withheld(self) -> int:
+        """Tokens the server holds out of circulation now (resize or limits)."""
+        return self._size.withheld
+
+    @property
+    def limits(self) -> Limits | None:
+        """The governor's limits, or None."""
+        return None if self._governor is None else self._governor.limits
+
+    def statistics(self) -> ServerStatistics:
+        """A frozen snapshot: ``jobs`` asked for, ``effective`` allowed now,
+        ``free`` tokens in the pool (None if unknowable), ``withheld``, and
+        ``limited_by``: the limits holding slots back now."""
+        err = self._size.error or (self._governor.error if self._governor else None)
+        if err is not None:
+            raise JobserverError(f"the pool's resize or governor thread failed: {err!r}")
+        return ServerStatistics(
+            jobs=self.jobs,
+            effective=self._size.effective,
+            free=None if self._closed else self._transport.available(),
+            withheld=self._size.withheld,
+            limited_by=self._size.limited_by,
+        )
+
+    def serve_control(self) -> str:
+        """Start the control socket that ``fastjob status`` / ``fastjob resize``
+        talk to (idempotent); returns its path, which children find in
+        FASTJOB_CONTROL (see :meth:`control_env`)."""
+        if self._control is None:
+            from ._control import ControlServer
+
+            if self._dir is None:
+                self._dir = tempfile.mkdtemp(prefix="fastjob-")  # 0700, owned by us
+                _register_cleanup(self)
+            self._control = ControlServer(self._dir, self._control_info, self.resize)
+        return str(self._control.path)
+
+    def control_env(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with FASTJOB_CONTROL naming this pool's control socket
+        (started if needed)."""
+        env["FASTJOB_CONTROL"] = self.serve_control()
+        return env
+
+    def _control_info(self) -> dict[str, Any]:
+        st = self.statistics()
+        return {
+            "style": self.style, "jobs": st.jobs, "effective": st.effective, "free": st.free,
+            "withheld": st.withheld, "limited_by": list(st.limited_by),
+            "owner_pid": self._pid, "identity": _identity(self._transport),
+        }
+
+    def _set_jobs(self, jobs: int) -> None:
+        # what new children see as -jN
+        self.jobs = jobs
+        self.client._jobs = jobs
+
+    def _put_tokens(self, n: int) -> int:
+        """Write up to ``n`` new tokens without blocking; how many fit (pipe
+        and fifo: a sem pool is never resized)."""
+        wfd = self._fds[1]
+        if sys.platform.startswith("linux"):
+            circulating = self._size.total - self._size.withheld + n
+            if circulating > 65536:
+                try:
+                    fcntl.fcntl(wfd, _F_SETPIPE_SZ, circulating)
+                except OSError:
+                    pass
+        # O_NONBLOCK on our write end only: a full pipe gives a short count
+        # instead of blocking (readers never see the flag).
+        os.set_blocking(wfd, False)
+        try:
+            return int(_io.fill(wfd, TOKEN_BYTE, n))
+        finally:
+            os.set_blocking(wfd, True)
+
     # -- for children ------------------------------------------------------------
     @property
     def auth(self) -> JobserverAuth:
@@ -183,7 +289,7 @@ class Server:
 
     def expected(self) -> int:
         """Tokens that should be in the pool given what this process holds."""
-        return self.jobs - 1 - self._held_here()
+        return self._size.total - self._size.withheld - self._held_here()
 
     def _held_here(self) -> int:
         """Pool tokens held by every live client of this pool in this process
@@ -208,7 +314,13 @@ class Server:
             )
         wfd = self._fds[1]
         rfd = self._transport.read_fd
-        missing = self.jobs - 1 - self.available()
+        with self._size._lock:  # withheld tokens count as present
+            missing = self._size.total - self._size.withheld - self.available()
+            self._fix(wfd, rfd, missing)
+        self._size.set_cap(self._size._cap, self._size._limited_by)  # withhold again
+        return missing
+
+    def _fix(self, wfd: int, rfd: int, missing: int) -> None:
         if missing > 0:
             os.set_blocking(wfd, False)
             try:
@@ -222,7 +334,6 @@ class Server:
                 if got == 0:
                     break
                 extra -= got
-        return missing
 
     def close(self) -> None:
         """Check the pool (TokenLeakWarning when tokens are missing, like make's
@@ -231,6 +342,7 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        self._stop_services()
         try:
             if os.getpid() == self._pid:
                 short = self._shortfall()
@@ -244,8 +356,17 @@ class Server:
         finally:
             self._free()
 
+    def _stop_services(self) -> None:
+        """Stop the governor and the control socket; no more resizing."""
+        if self._governor is not None:
+            self._governor.stop()
+        if self._control is not None:
+            self._control.close()
+        self._size.close()
+
     def _free(self) -> None:
         """Close the client and the pool's fds, remove the FIFO directory."""
+        self._size.give_back_all()
         self.client._shutdown()
         for fd in self._fds:
             try:
@@ -264,6 +385,7 @@ class Server:
         self._closed = True
         what = repr(self)
         try:
+            self._stop_services()
             self._free()
         finally:
             if sys.is_finalizing():
@@ -318,6 +440,12 @@ def _remove_dir(path: str) -> None:
         pass
     except OSError:
         shutil.rmtree(path, ignore_errors=True)  # someone put more files there
+
+
+def _identity(transport: Transport) -> list[Any] | None:
+    """The pool's identity as JSON (compared by ``fastjob status``)."""
+    ident = transport.identity()
+    return list(ident) if isinstance(ident, tuple) else None
 
 
 def _read_some(fd: int, n: int) -> int:

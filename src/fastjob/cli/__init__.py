@@ -10,9 +10,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._version import __version__
+from .limits import add_limit_options, limits_from_args
 
 if TYPE_CHECKING:
     from .parallel import Source
@@ -221,6 +222,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "--report", metavar="FILE.html",
         help="write the same recording as a self-contained HTML report (chart + summary)",
     )
+    add_limit_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
@@ -297,6 +299,7 @@ def add_parallel_arguments(par: argparse.ArgumentParser) -> None:
         "--report", metavar="FILE.html",
         help="write the same recording as a self-contained HTML report (chart + summary)",
     )
+    add_limit_options(par)
     par.add_argument("template", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
@@ -345,7 +348,30 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     if only in (None, "parallel"):
         add_parallel_arguments(par)
+    _add_status_parsers(sub)
     return p
+
+
+def _add_status_parsers(sub: Any) -> None:
+    st = sub.add_parser(
+        "status", help="the size of the pool this process is in (asks its fastjob owner)",
+        description="Show the pool's style, jobs, effective size, free and withheld "
+        "tokens, the limits holding slots back and the owner's pid, asked over the "
+        "control socket named in FASTJOB_CONTROL (or --pid); for a make or cargo pool, "
+        "what can be seen from here.  Exit status 2 when there is no pool or its owner "
+        "cannot be reached.", formatter_class=_formatter,
+    )
+    st.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    st.add_argument("--pid", type=int, metavar="PID", help="ask the fastjob owner with this pid")
+    rs = sub.add_parser(
+        "resize", help="ask the fastjob that owns this pool to change its size",
+        description="Ask the owner of the pool (FASTJOB_CONTROL, or --pid) to resize it "
+        "to N slots: growing is immediate, shrinking withholds tokens as jobs return "
+        "them.  Exit status 1 when the owner refused, 2 when it cannot be reached.",
+        formatter_class=_formatter,
+    )
+    rs.add_argument("jobs", type=_jobs, metavar="N", help="the new number of job slots")
+    rs.add_argument("--pid", type=int, metavar="PID", help="ask the fastjob owner with this pid")
 
 
 def _fail(prog: str, message: str) -> NoReturn:
@@ -373,7 +399,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             started=[lambda pid, pool: tracer.start(pool, implicit=True)],
             stopped=[lambda pid, status: tracer.stop()],
         )
-    return run(command, ns.jobs, ns.style, hooks=hooks)
+    return run(command, ns.jobs, ns.style, hooks=hooks, limits=limits_from_args(ns))
 
 
 def _cmd_doctor(ns: argparse.Namespace) -> int:
@@ -462,6 +488,7 @@ def _cmd_parallel(ns: argparse.Namespace, groups: list[tuple[str, list[str]]]) -
         except OSError as exc:
             _fail("fastjob parallel", f"cannot write --joblog {ns.joblog}: {exc.strerror}")
     spec.progress = ns.progress if ns.progress is not None else os.isatty(2)
+    spec.limits = limits_from_args(ns)
     if ns.trace or ns.report:
         from .tracing import CliTrace
 
@@ -526,10 +553,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "unsupported" if ns.cmd == "parallel" else "unrecognized"
         _fail(prog, f"{what} option {extra[0]!r}")
     if ns.cmd is None:
-        parser.error("a command is required: run, doctor or parallel")
+        parser.error("a command is required: run, doctor, parallel, status or resize")
     try:
         if ns.cmd == "run":
             return _cmd_run(ns)
+        if ns.cmd in ("status", "resize"):
+            from . import status
+
+            if ns.cmd == "status":
+                return status.status(as_json=ns.json, pid=ns.pid)
+            return status.resize(ns.jobs, pid=ns.pid)
         if ns.cmd == "doctor":
             return _cmd_doctor(ns)
         return _cmd_parallel(ns, groups)

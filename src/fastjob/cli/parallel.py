@@ -37,6 +37,7 @@ from typing import IO, Any
 
 import anyio
 
+from .._governor import Limits
 from .._core.token import Token
 from .pool import Pool, open_pool, warn
 
@@ -260,6 +261,7 @@ class Spec:
     tag: bool = False
     joblog: str | None = None
     timeout: float | None = None
+    limits: Limits | None = None  # the governor's (cli.limits)
     #: hooks for samplers and reports (``--trace``/``--report``): ``on_start``
     #: once the pool is open, ``on_job`` as each job ends, ``on_stop`` before
     #: the pool is accounted for and closed
@@ -950,7 +952,7 @@ def parallel(spec: Spec) -> int:
     status after --halt, 128+N on signal N."""
     if not spec.jobs_args:
         return 0
-    pool = open_pool(spec.jobs)
+    pool = open_pool(spec.jobs, limits=spec.limits)
     try:
         runner = Runner(spec, pool)
         for on_start in spec.on_start:

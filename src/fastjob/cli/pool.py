@@ -13,6 +13,7 @@ from .._discovery import inspect_env, usable_jobserver
 from .._errors import InvalidAuthError, JobserverError
 from .._makeflags import JOBSERVER_VARIABLES, scan_makeflags
 from ..client import Client
+from .._governor import Limits
 from ..server import Server
 
 
@@ -95,15 +96,22 @@ def _join_env(var: str, client: Client, environ: Mapping[str, str]) -> dict[str,
     return env
 
 
-def open_pool(jobs: int | None, style: str | None = None) -> Pool:
+def open_pool(jobs: int | None, style: str | None = None, limits: Limits | None = None) -> Pool:
     """The pool for ``fastjob run`` / ``fastjob parallel``.
 
     Without ``-j`` (``jobs`` None): join the inherited jobserver when it is
     usable; when one is named but unusable (or disabled with ``-2,-2``) run
     one job at a time in a pool of 1, as make does, saying why; with none
     named, a Server of CPU-count slots.  With ``-j N``: a Server of N, with
-    a warning when that leaves a usable inherited jobserver.
+    a warning when that leaves a usable inherited jobserver.  A Server made
+    here is governed by ``limits``; children find its control socket in
+    FASTJOB_CONTROL.
     """
+    if limits is not None and jobs is None and usable_jobserver() is not None:
+        raise ValueError(
+            "the limits (-l, --min-free-memory, --max-pressure) govern a pool fastjob "
+            "creates, and this process is inside another jobserver: give -j N as well"
+        )
     if jobs is None:
         found = inspect_env()
         client = found.client
@@ -122,5 +130,5 @@ def open_pool(jobs: int | None, style: str | None = None) -> Pool:
                 f"for a new pool of {jobs} (as make's \"-j{jobs} forced in submake\"); "
                 "drop -j to stay in it"
             )
-    server = Server(jobs if jobs is not None else (os.cpu_count() or 1), style)
-    return Pool(server.client, server, server.env(), server.pass_fds)
+    server = Server(jobs if jobs is not None else (os.cpu_count() or 1), style, limits=limits)
+    return Pool(server.client, server, server.control_env(server.env()), server.pass_fds)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from .._governor import Limits
 from .pool import Pool, open_pool, warn
 
 FORWARDED = tuple(
@@ -117,6 +118,7 @@ def run(
     jobs: int | None = None,
     style: str | None = None,
     hooks: RunHooks | None = None,
+    limits: Limits | None = None,
 ) -> int:
     """Run ``command`` in the inherited pool (``jobs`` None) or a new one;
     returns its exit status (128+N when killed by signal N)."""
@@ -142,7 +144,7 @@ def run(
     previous = {sig: signal.signal(sig, forward) for sig in wanted}
     pool: Pool | None = None
     try:
-        pool = open_pool(jobs, style)
+        pool = open_pool(jobs, style, limits=limits)
         if pool.server is not None:
             # The Server put its own FIFO-cleanup handler in; forwarding wins
             # and the FIFO goes away in pool.finish() below.

@@ -86,10 +86,12 @@ class Recorder:
         summary_file: IO[str] | None = None,
         on_summary: Callable[[TraceSummary], object] | None = None,
     ) -> None:
+        self._server: Server | None = None
         if isinstance(pool, Server):
             client = pool.client
             n: int | None = pool.jobs if jobs is None else jobs
             self._available: Callable[[], int | None] = _guarded(pool)
+            self._server = pool
         elif isinstance(pool, Client):
             client = pool
             n = pool.jobs if jobs is None else jobs
@@ -123,13 +125,30 @@ class Recorder:
 
     # -- sampling ------------------------------------------------------------------
     def _in_use(self) -> int:
-        free = self._available()
+        server = self._server
+        if server is not None:
+            # Tokens in circulation, not jobs - 1: a resized or governed pool
+            # withholds some (and one resized up has more).
+            size = server._size
+            with size._lock:
+                free = self._available()
+                circulating = size.total - size.withheld
+            top = max(self.jobs, size.jobs)
+        else:
+            free = self._available()
+            circulating = self.jobs - 1
+            top = self.jobs
         if free is None:
             raise RuntimeError("the pool's free tokens cannot be counted")
         implicit = self._implicit
         if implicit is None:
             implicit = self._client.statistics().implicit_held
-        return max(0, min(self.jobs, self.jobs - 1 - free + int(implicit)))
+        return max(0, min(top, circulating - free + int(implicit)))
+
+    def _size_now(self) -> tuple[int, tuple[str, ...]]:
+        assert self._server is not None
+        size = self._server._size
+        return size.effective, size.limited_by
 
     def start(self) -> Recorder:
         """Start sampling (the ``with`` block does this)."""
@@ -146,7 +165,8 @@ class Recorder:
         else:
             self._notes.append("CPU use not sampled (cpu=False)")
         self._sampler = Sampler(self._in_use, self._cpu, interval=self._interval,
-                                max_interval=self._max_interval, cpu_interval=self._cpu_interval)
+                                max_interval=self._max_interval, cpu_interval=self._cpu_interval,
+                                read_size=self._size_now if self._server is not None else None)
         self._t0 = self._sampler.start()
         self._unix_t0 = time.time() - (time.monotonic() - self._t0)  # wall clock at t0
         self._running = True
@@ -274,7 +294,7 @@ class Recorder:
     def _series(self) -> Series:
         s = self._finished()
         cpu_start = s.cpu_start if self._cpu is not None else None
-        return Series(s.occ_t, s.occ_v, cpu_start, s.cpu_t, s.cpu_v)
+        return Series(s.occ_t, s.occ_v, cpu_start, s.cpu_t, s.cpu_v, s.eff_t, s.eff_v, s.eff_why)
 
     def _compute_summary(self) -> TraceSummary:
         s = self._finished()
@@ -282,6 +302,7 @@ class Recorder:
             jobs=self.jobs, t_start=self._t0, t_end=self._t_end, series=self._series(),
             cpu_count=os.cpu_count(), samples=s.samples,
             sampler_cpu_seconds=s.thread_cpu, spans=len(self._spans_clipped()), notes=self._notes,
+            governed=self._server is not None and self._server.limits is not None,
         )
 
     def summary(self) -> TraceSummary:
@@ -308,6 +329,13 @@ class Recorder:
         until the next point, the last one until the end."""
         s = self._finished()
         return list(zip(s.occ_t, s.occ_v))
+
+    @property
+    def effective(self) -> list[tuple[float, int, tuple[str, ...]]]:
+        """(monotonic time, effective size, limits in force) change points of
+        a Server's pool (empty for a Client: its owner's size is unknown)."""
+        s = self._finished()
+        return list(zip(s.eff_t, s.eff_v, s.eff_why))
 
     @property
     def cpu(self) -> list[tuple[float, float, float]]:

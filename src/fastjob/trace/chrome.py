@@ -1,7 +1,8 @@
 """Chrome Trace Event Format (the JSON Perfetto and chrome://tracing open).
 
-One process ("fastjob pool -jN"): counter tracks "slots in use" and
-"CPU busy %", and one thread per job lane holding complete ("X") events.
+One process ("fastjob pool -jN"): counter tracks "slots in use",
+"effective size" (a Server's pool; each step held back below -jN is also a
+complete event "held back by <limits>" on the pool's track) and "CPU busy %", and one thread per job lane holding complete ("X") events.
 Timestamps are microseconds since the recording started; ``otherData``
 carries the wall-clock anchor.
 """
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .summary import Series
+from .summary import Series, effective_steps
 
 __all__ = ["SpanRecord", "chrome_trace"]
 
@@ -67,6 +68,20 @@ def chrome_trace(
     if occ_v:  # close the step so viewers draw the last value to the end
         events.append({"name": "slots in use", "ph": "C", "ts": _us(t_end, t0), "pid": PID,
                        "tid": POOL_TID, "args": {"slots": occ_v[-1]}})
+    eff_v = series.eff_v
+    for t, e in zip(series.eff_t, eff_v):
+        if t <= t_end:
+            events.append({"name": "effective size", "ph": "C", "ts": _us(t, t0), "pid": PID,
+                           "tid": POOL_TID, "args": {"slots": e}})
+    for a, b, e, why in effective_steps(t0, t_end, series):
+        if e < jobs:  # a complete event on the pool's track per held-back step
+            events.append({"name": "held back by " + (", ".join(why) or "resize"), "cat": "limits",
+                           "ph": "X", "ts": _us(a, t0), "dur": round((b - a) * 1e6, 3),
+                           "pid": PID, "tid": POOL_TID,
+                           "args": {"effective": e, "limited_by": list(why)}})
+    if len(eff_v):
+        events.append({"name": "effective size", "ph": "C", "ts": _us(t_end, t0), "pid": PID,
+                       "tid": POOL_TID, "args": {"slots": eff_v[-1]}})
     if cpu_start is not None and len(cpu_t):
         # A counter value holds from its ts on: cpu_v[i] covers (prev, cpu_t[i]].
         prev: float = cpu_start

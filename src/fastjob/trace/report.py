@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .chrome import SpanRecord
-from .summary import HEADROOM_CPU, SATURATED_CPU, Series, TraceSummary, segments
+from .summary import HEADROOM_CPU, SATURATED_CPU, Series, TraceSummary, effective_steps, segments
 
 __all__ = ["find_chromium", "render_report", "screenshot"]
 
@@ -30,6 +30,7 @@ MAX_POINTS = 2400  # above this many steps, draw per-pixel time-weighted means
 
 SLOT_FILL, SLOT_LINE = "#9ecae1", "#2171b5"
 CPU_LINE = "#e6550d"
+EFF_LINE = "#54278f"
 HEAD_FILL, SAT_FILL = "#31a354", "#de2d26"
 
 _CSS = """
@@ -165,6 +166,19 @@ def render_report(
     y = y_slots(jobs)
     svg.append(f'<line x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{_f(y)}" y2="{_f(y)}" stroke="{SLOT_LINE}" '
                'stroke-dasharray="4 3"/>')
+    # Effective size (a governed or resized pool): a thick step line, with
+    # the limits in force as tooltips.
+    esteps = list(effective_steps(t0, t_end, series))
+    if esteps:
+        epts = [(a, float(e)) for a, _, e, _ in esteps]
+        epts.append((t_end, epts[-1][1]))
+        svg.append(f'<path d="{_step_path(epts, x_of, y_slots)}" fill="none" stroke="{EFF_LINE}" '
+                   'stroke-width="2.5" stroke-opacity="0.9"/>')
+        for a, b, e, why in esteps:
+            if e < jobs:
+                tip = html.escape(f"effective {e} of {jobs}: limited by {', '.join(why) or 'resize'}")
+                svg.append(f'<rect x="{_f(x_of(a))}" y="{top}" width="{max(0.6, x_of(b) - x_of(a)):.2f}" '
+                           f'height="4" fill="{EFF_LINE}" fill-opacity="0.5"><title>{tip}</title></rect>')
     # CPU busy: a step line.
     if cpu_start is not None and len(cpu_t):
         csteps: list[tuple[float, float, float]] = []
@@ -224,6 +238,8 @@ def render_report(
          _pct(summary.saturated_share)),
         ("mean CPU busy", f"{_pct(summary.mean_cpu)} of {summary.cpu_count} core(s)"
          if summary.mean_cpu is not None else "n/a"),
+        *([("effective size: mean / min", f"{summary.mean_effective:.2f} / {summary.min_effective}"),
+           ("limits held slots back", _held(summary))] if summary.mean_effective is not None else []),
         ("job spans", str(summary.spans)),
         ("sampler", f"{summary.samples} samples, {100 * summary.sampler_cost:.2f}% of one core"),
     ]
@@ -233,7 +249,9 @@ def render_report(
     cmd = f'<p class="sub"><code>{html.escape(command)}</code></p>' if command else ""
     key = (f'<p class="key"><span style="background:{SLOT_FILL};border:1px solid {SLOT_LINE}"></span>slots in use'
            f'<span style="border-top:2px dashed {SLOT_LINE};height:0"></span>pool size'
-           f'<span style="background:{CPU_LINE};height:2px"></span>CPU busy (all cores)'
+           + (f'<span style="background:{EFF_LINE};height:3px"></span>effective size (limits)'
+              if len(series.eff_v) else "")
+           + f'<span style="background:{CPU_LINE};height:2px"></span>CPU busy (all cores)'
            f'<span style="background:{HEAD_FILL}"></span>headroom'
            f'<span style="background:{SAT_FILL}"></span>saturated</p>')
     return (
@@ -249,6 +267,14 @@ def render_report(
         "found free cores. <b>Saturated</b> is the share in which every slot was taken and the CPU was "
         "busy: extra threads there only compete for cores.</p></details></body></html>"
     )
+
+
+def _held(summary: TraceSummary) -> str:
+    if summary.held_back_time <= 0:
+        return "never"
+    share = summary.held_back_time / summary.wall_time if summary.wall_time > 0 else 0.0
+    why = ", ".join(f"{html.escape(n)} {t:.2f} s" for n, t in summary.held_back_by)
+    return f"{summary.held_back_time:.2f} s ({100 * share:.1f}%): {why}"
 
 
 def find_chromium() -> str | None:

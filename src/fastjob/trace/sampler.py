@@ -82,8 +82,13 @@ class Sampler:
         interval: float,
         max_interval: float,
         cpu_interval: float,
+        read_size: Callable[[], tuple[int, tuple[str, ...]]] | None = None,
     ) -> None:
         self._read = read_in_use
+        self._read_size = read_size
+        self.eff_t = array("d")
+        self.eff_v = array("i")
+        self.eff_why: list[tuple[str, ...]] = []
         self._cpu = cpu
         self.interval = interval
         self.max_interval = max(interval, max_interval)
@@ -126,11 +131,19 @@ class Sampler:
     def _sample(self, now: float) -> bool:
         v = self._read()
         self.samples += 1
+        changed = False
+        if self._read_size is not None:
+            e, why = self._read_size()
+            if not self.eff_v or self.eff_v[-1] != e or self.eff_why[-1] != why:
+                self.eff_t.append(now)
+                self.eff_v.append(e)
+                self.eff_why.append(why)
+                changed = True
         if not self.occ_v or self.occ_v[-1] != v:
             self.occ_t.append(now)
             self.occ_v.append(v)
             return True
-        return False
+        return changed
 
     def _read_cpu(self, now: float) -> None:
         if self._cpu is None:

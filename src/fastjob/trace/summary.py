@@ -29,6 +29,15 @@ class TraceSummary:
     sampler_cpu_seconds: float
     spans: int
     notes: tuple[str, ...] = ()
+    #: the governed pool's effective size (None when not sampled: a joined pool)
+    mean_effective: float | None = None
+    min_effective: int | None = None
+    #: seconds in which the effective size was below ``jobs``, and by which
+    #: limits ("resize" where no limit was in force: a smaller size was asked)
+    held_back_time: float = 0.0
+    held_back_by: tuple[tuple[str, float], ...] = ()
+    #: the pool had Limits (the held-back line is printed even when 0 s)
+    governed: bool = False
 
     @property
     def sampler_cost(self) -> float:
@@ -52,12 +61,27 @@ class TraceSummary:
         ]
         if self.mean_cpu is not None:
             lines.append(f"  CPU: mean {pct(self.mean_cpu)} busy over {self.cpu_count} core(s)")
+        if self.mean_effective is not None and (self.governed or self.held_back_time > 0):
+            lines.append(self.format_held_back())
         lines.append(
             f"  {self.spans} job span(s); sampler: {self.samples} samples, "
             f"{100 * self.sampler_cost:.2f}% of one core"
         )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+    def format_held_back(self) -> str:
+        """The line about the effective size and the limits."""
+        if self.held_back_time <= 0 or self.mean_effective is None:
+            return f"  limits held no slot back (effective size stayed {self.jobs})"
+        share = self.held_back_time / self.wall_time if self.wall_time > 0 else 0.0
+        why = ", ".join(f"{name} {t:.2f} s" for name, t in self.held_back_by)
+        return (
+            f"  limits held slots back for {self.held_back_time:.2f} s ({100 * share:.1f}% of "
+            f"wall time: {why}); effective size mean {self.mean_effective:.2f}, "
+            f"min {self.min_effective} of {self.jobs}"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,23 @@ class Series:
     cpu_start: float | None
     cpu_t: Sequence[float]
     cpu_v: Sequence[float]
+    #: the effective size's change points and the limits in force then
+    #: (empty: not sampled)
+    eff_t: Sequence[float] = ()
+    eff_v: Sequence[int] = ()
+    eff_why: Sequence[tuple[str, ...]] = ()
+
+
+def effective_steps(
+    t_start: float, t_end: float, series: Series
+) -> Iterator[tuple[float, float, int, tuple[str, ...]]]:
+    """(a, b, effective, limited_by) intervals covering [t_start, t_end]."""
+    pts = list(zip(series.eff_t, series.eff_v, series.eff_why))
+    for i, (t, v, why) in enumerate(pts):
+        a = max(t, t_start)
+        b = min(pts[i + 1][0] if i + 1 < len(pts) else t_end, t_end)
+        if b > a:
+            yield a, b, v, why
 
 
 def segments(
@@ -111,6 +152,7 @@ def summarize(
     sampler_cpu_seconds: float,
     spans: int,
     notes: Sequence[str] = (),
+    governed: bool = False,
 ) -> TraceSummary:
     """Compute a :class:`TraceSummary` from the sampled step functions."""
     occ_t, occ_v, cpu_start, cpu_t = series.occ_t, series.occ_v, series.cpu_start, series.cpu_t
@@ -135,6 +177,20 @@ def summarize(
         return x / wall if wall > 0 else 0.0
 
     peak = max((v for t, v in zip(occ_t, occ_v) if t <= t_end), default=0)
+    mean_eff: float | None = None
+    min_eff: int | None = None
+    held = 0.0
+    by: dict[str, float] = {}
+    if len(series.eff_v):
+        eff_area = 0.0
+        for a, b, e, why in effective_steps(t_start, t_end, series):
+            eff_area += e * (b - a)
+            min_eff = e if min_eff is None else min(min_eff, e)
+            if e < jobs:
+                held += b - a
+                for name in why or ("resize",):
+                    by[name] = by.get(name, 0.0) + (b - a)
+        mean_eff = share(eff_area)
     return TraceSummary(
         wall_time=wall,
         jobs=jobs,
@@ -149,4 +205,9 @@ def summarize(
         sampler_cpu_seconds=sampler_cpu_seconds,
         spans=spans,
         notes=tuple(notes),
+        mean_effective=mean_eff,
+        min_effective=min_eff,
+        held_back_time=held,
+        held_back_by=tuple(sorted(by.items(), key=lambda kv: -kv[1])),
+        governed=governed,
     )

@@ -1,0 +1,279 @@
+"""The size of a pool the Server owns: resize and withholding.
+
+Every token byte that exists is in one of three places: in the pool, held by
+a job (any process), or *withheld* by the server (kept in this process, out
+of circulation).  ``total`` counts them all; the tokens in circulation are
+``total - withheld``.  The size allowed now is ``effective = min(jobs, cap)``
+(``cap`` is the governor's; None when no governor), so the server wants
+``effective - 1`` tokens in circulation (the implicit slot is never a byte).
+
+* Growing gives withheld bytes back to the pool first, then writes new ones.
+* Shrinking reads free tokens back from the pool without blocking and keeps
+  them.  A token a job holds is never taken: the server withholds it when it
+  comes back, so while the shrink is *owed* a thread waits (poll, no busy
+  loop) for the pool to become readable and reads again.  Nothing here ever
+  blocks the caller.
+
+Withheld tokens count as present for ``reconcile()`` and the leak check at
+close: the pool plus the withheld tokens must make up ``total``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from . import _io
+from ._core.transport import Transport
+from ._errors import JobserverError, UnsupportedPlatformError
+
+__all__ = ["PoolSize", "ServerStatistics"]
+
+#: Longest a settle thread sleeps in poll() before it looks again (it is also
+#: woken through its pipe whenever the target changes).
+SETTLE_POLL = 0.25
+
+
+@dataclass(frozen=True)
+class ServerStatistics:
+    """A snapshot of a Server's pool (see :meth:`fastjob.Server.statistics`).
+
+    ``jobs``: the size asked for (``Server(jobs)`` or the last ``resize``);
+    ``effective``: the size allowed right now (at most ``jobs``, lowered by
+    the limits); ``free``: tokens in the pool now (None if unknowable);
+    ``withheld``: tokens the server holds out of circulation; ``limited_by``:
+    the limits holding slots back now ("load", "memory", "memory-pressure",
+    "cpu-pressure"), empty when none does.
+    """
+
+    jobs: int
+    effective: int
+    free: int | None
+    withheld: int
+    limited_by: tuple[str, ...]
+
+
+class PoolSize:
+    """Sizing state of one Server's pool (thread-safe).
+
+    ``fill(n)`` writes up to ``n`` new token bytes into the pool without
+    blocking and returns how many fit; ``on_jobs(n)`` is told each new
+    ``jobs`` value (the server updates what its children see as -jN).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        jobs: int,
+        fill: Callable[[int], int],
+        on_jobs: Callable[[int], None],
+    ) -> None:
+        self._t = transport
+        self._fill = fill
+        self._on_jobs = on_jobs
+        self._lock = threading.RLock()
+        self.jobs = jobs
+        self.total = jobs - 1
+        self._withheld: list[int] = []
+        self._cap: int | None = None
+        self._limited_by: tuple[str, ...] = ()
+        self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
+        self._closed = False
+        self._pid = os.getpid()
+        self.error: BaseException | None = None  # why the settle thread stopped
+
+    # -- what the server reports ---------------------------------------------------
+    @property
+    def effective(self) -> int:
+        """The size allowed right now: ``jobs``, lowered by the governor's cap."""
+        with self._lock:
+            return self._effective()
+
+    def _effective(self) -> int:
+        cap = self._cap
+        return max(1, self.jobs if cap is None else min(self.jobs, cap))
+
+    @property
+    def withheld(self) -> int:
+        """Tokens the server holds out of circulation now."""
+        return len(self._withheld)
+
+    @property
+    def limited_by(self) -> tuple[str, ...]:
+        """The governor's limits in force (empty when none holds slots back)."""
+        with self._lock:
+            return self._limited_by if self._cap is not None and self._cap < self.jobs else ()
+
+    @property
+    def owed(self) -> int:
+        """Tokens still to withhold as holders return them (0 once settled)."""
+        with self._lock:
+            return max(0, self.total - len(self._withheld) - (self._effective() - 1))
+
+    # -- changing the size ---------------------------------------------------------
+    def resize(self, jobs: int) -> None:
+        """Set the size asked for (see Server.resize)."""
+        if isinstance(jobs, bool) or not isinstance(jobs, int):
+            raise TypeError(f"jobs must be an int, not {type(jobs).__name__}")
+        if jobs < 1:
+            raise ValueError(f"resize({jobs}): a pool needs at least one slot (jobs >= 1)")
+        if self._t.style == "sem":
+            # The semaphore's maximum count is fixed when it is created, and
+            # waiting for its count needs a Windows wait, not poll().
+            raise UnsupportedPlatformError(
+                "resize() of a Windows semaphore pool is not supported yet; "
+                "create the Server with the size you need"
+            )
+        with self._lock:
+            self._check_open()
+            old = self.jobs
+            self.jobs = jobs
+            try:
+                self._settle()
+            except BaseException:
+                # The pool is short of room: go back to the old size; tokens
+                # that did fit are withheld like any surplus.
+                self.jobs = old
+                self._settle()
+                raise
+            finally:
+                self._on_jobs(self.jobs)
+        self._kick()
+
+    def set_cap(self, cap: int | None, limited_by: tuple[str, ...] = ()) -> None:
+        """The governor's ceiling (None: no ceiling) and which limits set it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._cap = None if cap is None else max(1, cap)
+            self._limited_by = tuple(limited_by)
+            self._settle()
+        self._kick()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JobserverError("this fastjob Server is closed; resize() needs an open pool")
+
+    def _settle(self) -> None:
+        """Move tokens so circulation approaches ``effective - 1`` (lock held).
+        Growth is immediate; a shrink reads back what is free now."""
+        want = self._effective() - 1
+        circulating = self.total - len(self._withheld)
+        if circulating < want:
+            while self._withheld and circulating < want:
+                self._t.write(self._withheld.pop())
+                circulating += 1
+            need = want - circulating
+            if need > 0:
+                put = self._fill(need)
+                self.total += put
+                if put < need:
+                    raise ValueError(
+                        f"resize({self.jobs}) needs {want} tokens in the pool but it holds "
+                        f"only {circulating + put}; use fewer jobs"
+                        + (" (or raise /proc/sys/fs/pipe-max-size)"
+                           if sys.platform.startswith("linux") else "")
+                    )
+        elif circulating > want:
+            if not self._t.nonblocking_read:
+                raise UnsupportedPlatformError(
+                    "this pool cannot be read without blocking here (a shared blocking "
+                    "pipe), so it cannot shrink; create the Server with style='fifo'"
+                )
+            while circulating > want:
+                b = self._t.try_read()
+                if b == _io.AGAIN:
+                    break
+                self._withheld.append(b)
+                circulating -= 1
+
+    # -- the settle thread: withholds tokens as holders return them -------------------
+    def _kick(self) -> None:
+        with self._lock:
+            if self._closed or self.error is not None:
+                return
+            owed = self.total - len(self._withheld) - (self._effective() - 1)
+            if owed <= 0:
+                return
+            if self._thread is None:
+                self._wake_r, self._wake_w = os.pipe()
+                os.set_blocking(self._wake_r, False)
+                os.set_blocking(self._wake_w, False)
+                self._thread = threading.Thread(
+                    target=self._run, name="fastjob-pool-size", daemon=True
+                )
+                self._thread.start()
+                return
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"k")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending (or the pipe is gone)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        fd = self._t.read_fd
+        watching = False
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._settle()
+                    owed = self.total - len(self._withheld) - (self._effective() - 1)
+                # Watch the pool only while a shrink is owed: a full pool is
+                # readable all the time and would make this loop spin.
+                if owed > 0 and not watching:
+                    poller.register(fd, select.POLLIN)
+                    watching = True
+                elif owed <= 0 and watching:
+                    poller.unregister(fd)
+                    watching = False
+                events = poller.poll(None if owed <= 0 else SETTLE_POLL * 1000)
+                for efd, _ in events:
+                    if efd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 512)
+                        except BlockingIOError:
+                            pass
+        except BaseException as exc:  # reported by Server.statistics() / close()
+            self.error = exc
+
+    # -- accounting ------------------------------------------------------------------
+    def give_back_all(self) -> None:
+        """Put every withheld token back into the pool (before close, so
+        children still running keep a consistent pool).  Only the owner: a
+        forked child's copy of the withheld list is not its to write."""
+        if os.getpid() != self._pid:
+            return
+        with self._lock:
+            while self._withheld:
+                try:
+                    self._t.write(self._withheld.pop())
+                except (OSError, JobserverError):
+                    break
+
+    def close(self) -> None:
+        """Stop the settle thread (the withheld bytes die with the pool)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            if os.getpid() == self._pid:  # a forked child has no such thread
+                self._poke()
+                thread.join(5.0)
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
