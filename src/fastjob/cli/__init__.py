@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the same recording as a self-contained HTML report (chart + summary)",
     )
     par.add_argument("template", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    from .threads import add_parser as add_threads_parser
+
+    add_threads_parser(sub, _formatter)
     return p
 
 
@@ -318,6 +322,19 @@ def _cmd_parallel(ns: argparse.Namespace, args: list[str] | None) -> int:
     return parallel(spec)
 
 
+def _cmd_threads(ns: argparse.Namespace) -> int:
+    from .threads import check, threads
+
+    checked = check(ns)
+    if isinstance(checked, str):
+        _fail("fastjob threads", checked)
+    command, least, most, exports = checked
+    try:
+        return threads(command, least, most, exports)
+    except ValueError as exc:  # --min above the pool's size
+        _fail("fastjob threads", str(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastjob`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -331,12 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = f"fastjob {ns.cmd}" if ns.cmd else "fastjob"
         _fail(prog, f"unrecognized option {extra[0]!r}")
     if ns.cmd is None:
-        parser.error("a command is required: run, doctor or parallel")
+        parser.error("a command is required: run, doctor, parallel or threads")
     try:
         if ns.cmd == "run":
             return _cmd_run(ns)
         if ns.cmd == "doctor":
             return _cmd_doctor(ns)
+        if ns.cmd == "threads":
+            return _cmd_threads(ns)
         return _cmd_parallel(ns, args)
     except KeyboardInterrupt:
         return 130
