@@ -89,12 +89,13 @@ def hold_slots(pool: Pool, least: int, most: int, exports: Sequence[str]) -> Ite
     client = pool.client
     base = client.acquire_many_blocking(least)
     try:
-        extra = client.try_acquire_up_to(most - least)
+        extra = client.try_acquire_up_to(most - least) if most > least else None
         try:
-            count = str(len(base) + len(extra))
+            count = str(len(base) + (len(extra) if extra is not None else 0))
             yield {var: count for var in (*THREAD_VARIABLES, *exports)}
         finally:
-            extra.release()
+            if extra is not None:
+                extra.release()
     finally:
         base.release()
 
