@@ -274,3 +274,41 @@ def test_real_rustc_compiles_through_the_wrapper(tmp_path: Path, bootstrap: bool
         assert d["threads"] == 3 and d["free"] == 2
     else:
         assert d["threads"] is None and d["reason"] == "rustc rejects -Zthreads"
+
+
+@pytest.mark.interop
+def test_cargo_build_through_the_wrapper_under_fastjob_run(tmp_path: Path) -> None:
+    """cargo -> wrapper -> rustc, in a pool that fastjob run creates: every
+    crate compile is decided (and logged), the build works, no token lost
+    (fastjob run reports lost tokens on stderr)."""
+    _real_rustc()
+    if shutil.which("cargo") is None:
+        pytest.skip("cargo not installed")
+    for name, deps in (("leaf", ""), ("top", 'leaf = { path = "../leaf" }\n')):
+        (tmp_path / name / "src").mkdir(parents=True)
+        (tmp_path / name / "Cargo.toml").write_text(
+            f'[package]\nname = "{name}"\nversion = "0.1.0"\nedition = "2021"\n[dependencies]\n{deps}'
+        )
+    (tmp_path / "leaf" / "src" / "lib.rs").write_text("pub fn f() -> u32 { 7 }\n")
+    (tmp_path / "top" / "src" / "main.rs").write_text('fn main() { println!("{}", leaf::f()); }\n')
+    wrapper = Path(sys.executable).with_name("fastjob-rustc-wrapper")
+    env = clean_env()
+    env.update(
+        RUSTC_WRAPPER=str(wrapper) if wrapper.exists() else "fastjob-rustc-wrapper",
+        RUSTC_BOOTSTRAP="1",
+        CARGO_TARGET_DIR=str(tmp_path / "target"),
+        FASTJOB_CACHE_DIR=str(tmp_path / "cache"),
+        FASTJOB_RUSTC_LOG=str(tmp_path / "decisions.log"),
+    )
+    fastjob_cmd = Path(sys.executable).with_name("fastjob")
+    r = subprocess.run(
+        [str(fastjob_cmd), "run", "-j3", "--", "cargo", "build", "--offline", "-q"],
+        cwd=tmp_path / "top", env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "not returned" not in r.stderr, r.stderr
+    crates = {d["crate"] for d in decisions(env) if d["crate"]}
+    assert crates == {"leaf", "top"}
+    for d in decisions(env):
+        if d["crate"]:
+            assert d["threads"] is None or 2 <= int(str(d["threads"])) <= 3
