@@ -349,6 +349,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if only in (None, "parallel"):
         add_parallel_arguments(par)
     _add_status_parsers(sub)
+
+    from .threads import add_parser as add_threads_parser
+
+    add_threads_parser(sub, _formatter)
     return p
 
 
@@ -536,6 +540,19 @@ def _glue_negative_halt(argv: list[str]) -> list[str]:
     return out
 
 
+def _cmd_threads(ns: argparse.Namespace) -> int:
+    from .threads import check, threads
+
+    checked = check(ns)
+    if isinstance(checked, str):
+        _fail("fastjob threads", checked)
+    command, least, most, exports = checked
+    try:
+        return threads(command, least, most, exports)
+    except ValueError as exc:  # --min above the pool's size
+        _fail("fastjob threads", str(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastjob`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -553,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "unsupported" if ns.cmd == "parallel" else "unrecognized"
         _fail(prog, f"{what} option {extra[0]!r}")
     if ns.cmd is None:
-        parser.error("a command is required: run, doctor, parallel, status or resize")
+        parser.error("a command is required: run, doctor, parallel, threads, status or resize")
     try:
         if ns.cmd == "run":
             return _cmd_run(ns)
@@ -565,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status.resize(ns.jobs, pid=ns.pid)
         if ns.cmd == "doctor":
             return _cmd_doctor(ns)
+        if ns.cmd == "threads":
+            return _cmd_threads(ns)
         return _cmd_parallel(ns, groups)
     except KeyboardInterrupt:
         return 130

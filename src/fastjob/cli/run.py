@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any
 
@@ -104,13 +105,23 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
             _set_foreground(tty, os.getpgrp())
 
 
-def _spawn(command: Sequence[str], pool: Pool) -> subprocess.Popen[bytes]:
+def _spawn(
+    command: Sequence[str], env: dict[str, str], pass_fds: tuple[int, ...]
+) -> subprocess.Popen[bytes]:
     group: dict[str, Any] = (
         {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
     )
     return subprocess.Popen(
-        list(command), env=pool.env, pass_fds=pool.pass_fds, restore_signals=True, **group
+        list(command), env=env, pass_fds=pass_fds, restore_signals=True, **group
     )
+
+
+class _Stopped(Exception):
+    """A forwarded signal arrived while no command ran yet (waiting for slots)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def run(
@@ -119,16 +130,26 @@ def run(
     style: str | None = None,
     hooks: RunHooks | None = None,
     limits: Limits | None = None,
+    hold: Callable[[Pool], AbstractContextManager[dict[str, str]]] | None = None,
 ) -> int:
     """Run ``command`` in the inherited pool (``jobs`` None) or a new one;
-    returns its exit status (128+N when killed by signal N)."""
+    returns its exit status (128+N when killed by signal N).
+
+    ``hold(pool)``, when given, is entered once the pool is open (it may
+    wait for slots; a signal then stops the wait) and yields variables for
+    the command's environment; it is left after the command was reaped and
+    before the pool is accounted for (``fastjob threads`` holds its slots so)."""
     pending: list[int] = []
     child: list[subprocess.Popen[bytes]] = []
     last_sent: dict[int, float] = {}
+    waiting = [False]
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if not child:
             pending.append(signum)
+            if waiting[0]:
+                waiting[0] = False
+                raise _Stopped(signum)
             return
         now = time.monotonic()
         if now - last_sent.get(signum, float("-inf")) < DUPLICATE_WINDOW:
@@ -152,26 +173,22 @@ def run(
                 signal.signal(sig, forward)
         if pending:
             return 128 + pending[0]
+        if hold is None:
+            return _run_in(command, pool, pool.env, child, pending, forward, hooks)
         try:
-            proc = _spawn(command, pool)
-        except OSError as exc:
-            name = command[0]
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                warn(f"{name}: command not found")
-                return 127
-            warn(f"cannot run {name}: {exc.strerror}")
-            return 126
-        child.append(proc)
-        for signum in dict.fromkeys(pending):
-            forward(signum, None)
-        if hooks is not None:
-            for on_start in hooks.started:
-                on_start(proc.pid, pool)
-        status = exit_status(_wait(proc))
-        if hooks is not None:
-            for on_stop in hooks.stopped:
-                on_stop(proc.pid, status)
-        return status
+            waiting[0] = True
+            held = hold(pool)
+            env_extra = held.__enter__()
+            waiting[0] = False
+        except _Stopped as stop:
+            return 128 + stop.signum
+        try:
+            if pending:
+                return 128 + pending[0]
+            env = {**pool.env, **env_extra}
+            return _run_in(command, pool, env, child, pending, forward, hooks)
+        finally:
+            held.__exit__(None, None, None)
     finally:
         try:
             if pool is not None:
@@ -179,3 +196,34 @@ def run(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _run_in(
+    command: Sequence[str],
+    pool: Pool,
+    env: dict[str, str],
+    child: list[subprocess.Popen[bytes]],
+    pending: list[int],
+    forward: Callable[[int, FrameType | None], None],
+    hooks: RunHooks | None,
+) -> int:
+    try:
+        proc = _spawn(command, env, pool.pass_fds)
+    except OSError as exc:
+        name = command[0]
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            warn(f"{name}: command not found")
+            return 127
+        warn(f"cannot run {name}: {exc.strerror}")
+        return 126
+    child.append(proc)
+    for signum in dict.fromkeys(pending):
+        forward(signum, None)
+    if hooks is not None:
+        for on_start in hooks.started:
+            on_start(proc.pid, pool)
+    status = exit_status(_wait(proc))
+    if hooks is not None:
+        for on_stop in hooks.stopped:
+            on_stop(proc.pid, status)
+    return status
