@@ -77,10 +77,22 @@ def test_status_text_and_resize_from_inside() -> None:
 
 
 def test_resize_refused_by_the_owner_is_exit_1() -> None:
-    out = sh("run", "-j2", script=f"{FJ} resize 1000000000; echo rc=$?")
-    assert "rc=1" in out.stdout
+    # The CLI caps N at 2**20, which a root owner can always hold (it grows
+    # the pipe): ask for more through the same client code the CLI runs.
+    ask = shlex.quote(
+        f"{sys.executable} -c 'import sys; from fastjob.cli import status; "
+        "sys.exit(status.resize(10**9))'"
+    )
+    out = sh("run", "-j2", script=f"sh -c {ask}; echo rc=$?")
+    assert "rc=1" in out.stdout, out.stderr
     err = [ln for ln in out.stderr.splitlines() if ln.startswith("fastjob resize")]
-    assert len(err) == 1 and "holds only" in err[0]
+    assert len(err) == 1 and "holds only" in err[0], out.stderr
+
+
+def test_resize_beyond_the_cli_bound_is_a_usage_error() -> None:
+    out = sh("run", "-j2", script=f"{FJ} resize 1000000000; echo rc=$?")
+    assert "rc=2" in out.stdout
+    assert "at most 1048576 jobs" in out.stderr
 
 
 def test_status_with_limits_shows_limited_by() -> None:

@@ -67,7 +67,7 @@ class Server:
         self._dir: str | None = None
         self._path: str | None = None
         self._pid = os.getpid()
-        self._closed = False
+        self._closed = True  # until the pool exists: nothing for close() or __del__
         self._transport: Transport
         self._control: Any = None
         self._governor: Governor | None = None
@@ -91,6 +91,7 @@ class Server:
             self._fds = []
             self._cleanup_files()
             raise
+        self._closed = False
         # The client keeps its server alive: the pool's fds are the server's,
         # and the finalizer below must not close them under a client in use.
         setattr(self.client, "_server", self)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .._discovery import inspect_env, usable_jobserver
+from .._discovery import find_jobserver, inspect_env, usable_jobserver
 from .._errors import InvalidAuthError, JobserverError
 from .._makeflags import JOBSERVER_VARIABLES, scan_makeflags
 from ..client import Client
@@ -107,7 +107,7 @@ def open_pool(jobs: int | None, style: str | None = None, limits: Limits | None 
     here is governed by ``limits``; children find its control socket in
     FASTJOB_CONTROL.
     """
-    if limits is not None and jobs is None and usable_jobserver() is not None:
+    if limits is not None and jobs is None and find_jobserver() is not None:
         raise ValueError(
             "the limits (-l, --min-free-memory, --max-pressure) govern a pool fastjob "
             "creates, and this process is inside another jobserver: give -j N as well"
