@@ -10,7 +10,7 @@ fastjob/_io_py.py: the same names, the same results.
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport errno, EINTR
+from libc.errno cimport errno, EINTR, EPIPE, EBADF, ENXIO
 from libc.stdlib cimport malloc, free
 
 cdef extern from "fastjob_io.h" nogil:
@@ -573,8 +573,19 @@ cdef class Core:
         try:
             r = self._write(b)
         except OSError as exc:
-            self._lost(tok)  # the pool is broken or gone: the byte cannot go back
+            if exc.errno in (EPIPE, EBADF, ENXIO):
+                self._lost(tok)  # the pool is gone: the byte has nowhere to go
+            else:
+                tok._holder = self  # not written (out of fds...): still held
             self.on_write_error(exc)
+            raise
+        except Exception as exc:
+            # The transport's own error: a FIFO writer that cannot be reopened
+            # keeps the token held (release() again, or close(), writes it).
+            if getattr(exc, "pool_gone", False):
+                self._lost(tok)
+            else:
+                tok._holder = self
             raise
         if r == FJ_AGAIN:
             tok._holder = self  # still held: a later release() may succeed

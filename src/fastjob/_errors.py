@@ -35,6 +35,9 @@ class ForeignFifoError(FifoError):
 class JobserverClosedError(JobserverError):
     """The pool is gone: every writer closed it (EOF) or its owner exited."""
 
+    #: the token core tells "nothing to give a token back to" by this mark
+    pool_gone = True
+
 
 class UnsupportedPlatformError(JobserverError):
     """The jobserver style does not exist on this platform."""

@@ -256,6 +256,10 @@ WRITE_PY = 3
 _TokenLeakWarning: type[Warning] = UserWarning
 
 
+#: write errors that mean the pool is gone (every reader closed it, or our fd)
+_POOL_GONE = (errno.EPIPE, errno.EBADF, errno.ENXIO)
+
+
 def _set_leak_warning(cls: type[Warning]) -> None:
     global _TokenLeakWarning
     _TokenLeakWarning = cls
@@ -493,8 +497,19 @@ class Core:
         try:
             r = self._write(b)
         except OSError as exc:
-            self._lost(tok)  # the pool is broken or gone: the byte cannot go back
+            if exc.errno in _POOL_GONE:
+                self._lost(tok)  # the pool is gone: the byte has nowhere to go
+            else:
+                tok._hold.append(self)  # not written (out of fds...): still held
             self.on_write_error(exc)
+            raise
+        except Exception as exc:
+            # The transport's own error: a FIFO writer that cannot be reopened
+            # keeps the token held (release() again, or close(), writes it).
+            if getattr(exc, "pool_gone", False):
+                self._lost(tok)
+            else:
+                tok._hold.append(self)
             raise
         if r == AGAIN:
             tok._hold.append(self)  # still held: a later release() may succeed
