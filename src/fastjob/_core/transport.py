@@ -255,9 +255,10 @@ def _describe_mode(mode: int) -> str:
 
 #: Every open of a FIFO path: never follow a symlink, never block (a FIFO
 #: with no writer would), never become our controlling tty, never inherited.
+#: (getattr: the module also imports on Windows, which has no FIFO pools.)
 _FIFO_OPEN_FLAGS: Final = (
-    os.O_NONBLOCK
-    | os.O_CLOEXEC
+    getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
     | getattr(os, "O_NOFOLLOW", 0)
     | getattr(os, "O_NOCTTY", 0)
 )
