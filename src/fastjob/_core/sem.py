@@ -12,9 +12,9 @@ readable, then try_read" loop claims it (anyio waits on sockets on every
 Windows event loop).  A parked token nobody claims within ``HANDBACK_GRACE``
 seconds (its waiter was cancelled) goes back to the semaphore.
 
-Only the async leader's ``try_read`` starts that thread; ``try_take`` (what
-Client.try_acquire calls) only looks, so a failed poll never leaves a thread
-that takes the next token.  A token is never "in transit" unseen: while the
+Only an async waiter's :meth:`SemaphoreTransport.want` starts that thread;
+``try_read`` (what Client.try_acquire and the token core call) only looks,
+so a failed poll never leaves a thread that takes the next token.  A token is never "in transit" unseen: while the
 thread waits in the kernel, a try that finds the semaphore empty cancels that wait and lets the
 thread come out first, so a token the kernel already gave the thread is
 claimed rather than missed.
@@ -323,16 +323,10 @@ class SemaphoreTransport(Transport):
 
     # -- token I/O -------------------------------------------------------------
     def try_read(self) -> int:
-        """try_take, and when no token is free have the waiter thread wait
-        for one (announced on read_fd): the async leader's read."""
-        b = self.try_take()
-        if b < 0:
-            self._want()
-        return b
-
-    def try_take(self) -> int:
         """A token if one is free now (parked by the waiter thread, or in the
-        semaphore), else AGAIN; starts no wait (Client.try_acquire)."""
+        semaphore), else AGAIN.  Starts no wait: an async waiter calls
+        :meth:`want` before it waits on ``read_fd``, so a try_acquire that
+        found nothing leaves no thread behind to take the next token."""
         with self._lock:
             if self._closed:
                 raise self.closed_error()
@@ -453,8 +447,9 @@ class SemaphoreTransport(Transport):
                 self._unsettle_locked()
 
     # -- the waiter thread --------------------------------------------------------
-    def _want(self) -> None:
-        """A waiter found no token: have the thread wait for one."""
+    def want(self) -> None:
+        """An async waiter found no token and waits on ``read_fd``: have the
+        waiter thread wait for one and announce it there."""
         with self._lock:
             if self._closed:
                 return
