@@ -831,11 +831,14 @@ class Client:
 
         t = self._t
         interval = t.liveness_interval
+        want = getattr(t, "want", None)
         st.leader = w
         try:
             while not w.done and w.error is None:
                 if self._pump():
                     continue
+                if want is not None:
+                    want()  # a semaphore: its waiter thread announces a token on read_fd
                 with anyio.CancelScope() as scope:
                     st.scope = scope
                     if w.done:
