@@ -459,7 +459,8 @@ def test_close_gives_back_parked_token(kernel: ThreadSemaphores) -> None:
     server_t, name = _sem.create_semaphore_pool(2, api=kernel)
     t = _sem.SemaphoreTransport(name, api=kernel)
     assert t.try_read() == ord("+")
-    assert t.try_read() == fastjob._io.AGAIN  # starts the waiter thread
+    assert t.try_read() == fastjob._io.AGAIN
+    t.want()  # an async waiter: starts the waiter thread
     t.write(ord("+"))  # the thread takes and parks it
     with kernel.cond:
         assert kernel.cond.wait_for(lambda: kernel.waits == 1, 10)
@@ -501,7 +502,8 @@ def test_try_acquire_sees_a_token_the_waiter_thread_has_in_transit() -> None:
         implicit, tok = client.try_acquire(), client.try_acquire()
         assert implicit is not None and tok is not None
         for round_ in range(1, 4):
-            assert t.try_read() == fastjob._io.AGAIN  # the waiter thread waits
+            assert t.try_read() == fastjob._io.AGAIN
+            t.want()  # the waiter thread waits
             with kernel.cond:
                 assert kernel.cond.wait_for(lambda: kernel.blocked == 1, 10)
             tok.release()
@@ -527,7 +529,8 @@ def test_available_counts_parked_tokens(kernel: ThreadSemaphores) -> None:
         assert server_t.available() == 2 and t.available() == 2
         assert t.try_read() == ord("+") and t.try_read() == ord("+")
         assert t.available() == 0
-        assert t.try_read() == fastjob._io.AGAIN  # starts the waiter thread
+        assert t.try_read() == fastjob._io.AGAIN
+        t.want()  # an async waiter: starts the waiter thread
         t.write(ord("+"))  # the thread parks it: free, not in the semaphore
         with kernel.cond:
             assert kernel.cond.wait_for(lambda: kernel.waits == 1, 10)
