@@ -253,11 +253,11 @@ def block_signals() -> Any:
     old = new_buf(256)
     try:
         fn(_signal.SIG_BLOCK, full, old)
-    except BaseException:
+    except BaseException as exc:  # noqa: BLE001 - re-raised by restore_signals
         # a handler of a signal that came just before ran (and raised) as
-        # the call returned: the mask is set, undo it before propagating
-        fn(_signal.SIG_SETMASK, old, None)
-        raise
+        # the call returned: the mask is set; the critical section still
+        # runs whole and restore_signals raises this at its end
+        return ("deferred", old, exc)
     return old
 
 
@@ -266,8 +266,11 @@ def restore_signals(old: Any) -> None:
     if old is None:
         return
     if type(old) is tuple:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
-        return
+        if old[0] == "py":
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
+            return
+        _native_mask[0](_signal.SIG_SETMASK, old[1], None)  # type: ignore[index]
+        raise old[2]
     _native_mask[0](_signal.SIG_SETMASK, old, None)  # type: ignore[index]
 
 

@@ -388,14 +388,15 @@ class Client:
         if not self._core.nwait:
             return False
         with self._lock:
-            self._sweep()
+            self._sweep(full=False)  # the queue's head and the few served ones
             return bool(self._core.nwait)
 
-    def _sweep(self) -> None:
+    def _sweep(self, full: bool = True) -> None:
         """Drop waiters whose owner vanished (caller holds the lock) and
-        pass on what they had gathered."""
+        pass on what they had gathered (``full``: also from the middle of
+        the queue, O(waiters))."""
         self._prune()
-        for refs in (self._pending, self._resuming):
+        for refs in (self._pending, self._resuming) if full else (self._resuming,):
             for ref in [r for r in refs if r() is None]:
                 refs.discard(ref)
                 self._orphans += self._gathered.pop(ref, ())
