@@ -604,6 +604,10 @@ cdef class Core:
         if tok._holder is self:
             self._give(tok)
 
+    def flush(self):
+        """The pure twin's hook for a byte a signal handler left between a
+        read and its token; here no Python code runs in between."""
+
     def held_bytes(self):
         """The bytes of the pool tokens still held, forgetting them (close)."""
         cdef list out = []

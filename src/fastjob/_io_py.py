@@ -213,25 +213,68 @@ import signal as _signal  # noqa: E402
 import threading as _threading  # noqa: E402
 import warnings as _warnings  # noqa: E402
 
-_sigmask = getattr(_signal, "pthread_sigmask", None)
-_ALL_SIGNALS: Any = _signal.valid_signals() if _sigmask is not None else ()
 _main_ident = _threading.main_thread().ident
 _get_ident = _threading.get_ident
+
+
+def _libc_sigmask() -> Any:
+    """pthread_sigmask from libc through ctypes: signal.pthread_sigmask
+    builds Python sets of signal numbers (microseconds per call, hundreds
+    with every signal blocked); this costs about one C call."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.pthread_sigmask
+        fill = libc.sigfillset
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    full = ctypes.create_string_buffer(256)  # >= sizeof(sigset_t) everywhere
+    if fill(full) != 0:
+        return None
+    return fn, full, ctypes.create_string_buffer
+
+
+_native_mask = _libc_sigmask() if hasattr(_signal, "pthread_sigmask") else None
 _NOTHING: Any = None
 
 
 def block_signals() -> Any:
     """Block every signal in this thread if it is the main thread (the only
     one whose Python handlers run); returns what restore_signals needs."""
-    if _sigmask is None or _get_ident() != _main_ident:
+    if _get_ident() != _main_ident:
         return _NOTHING
-    return _sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
+    m = _native_mask
+    if m is None:
+        if not hasattr(_signal, "pthread_sigmask"):
+            return _NOTHING  # Windows: no signal masks
+        return ("py", _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals()))
+    fn, full, new_buf = m
+    old = new_buf(256)
+    try:
+        fn(_signal.SIG_BLOCK, full, old)
+    except BaseException as exc:  # noqa: BLE001 - re-raised by restore_signals
+        # a handler of a signal that came just before ran (and raised) as
+        # the call returned: the mask is set; the critical section still
+        # runs whole and restore_signals raises this at its end
+        return ("deferred", old, exc)
+    return old
 
 
 def restore_signals(old: Any) -> None:
     """Undo block_signals; a signal that came meanwhile is handled now."""
-    if old is not None:
-        _sigmask(_signal.SIG_SETMASK, old)  # type: ignore[misc]
+    if old is None:
+        return
+    if type(old) is tuple:
+        if old[0] == "py":
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
+            return
+        _native_mask[0](_signal.SIG_SETMASK, old[1], None)  # type: ignore[index]
+        raise old[2]
+    _native_mask[0](_signal.SIG_SETMASK, old, None)  # type: ignore[index]
 
 
 def _after_fork() -> None:
@@ -273,8 +316,8 @@ class Token:
     collected unreleased is released with a TokenLeakWarning.
     """
 
-    # _hold is [core] while held, [] once released: list.pop() is atomic, so
-    # exactly one releasing thread gets the core.
+    # _hold is [core] while held, [] once released: ``del hold[0]`` is
+    # atomic, so exactly one releasing thread takes the record.
     __slots__ = ("_hold", "_byte", "_gen", "__weakref__")
 
     _hold: list[Core]
@@ -308,19 +351,73 @@ class Token:
     def release(self) -> None:
         """Give the token back (writes its byte to the pool; a no-op the
         second time)."""
-        if self._hold:
+        # CPython runs a signal handler only after a call returns, at a
+        # function's start or on a backward jump: between taking the record
+        # (``del hold[0]``) and the write (or the implicit flag) below there
+        # is none of those, so a handler that raises cannot lose the token.
+        hold = self._hold
+        if not hold:
+            return
+        core = hold[0]
+        b = self._byte
+        if self._gen != core.gen or core.closed:
+            try:
+                del hold[0]
+            except IndexError:
+                pass
+            return  # before a fork, or written back by close() already
+        mode = core.write_mode
+        if b < 0:
+            try:
+                del hold[0]
+            except IndexError:
+                return
+            if core.owns_implicit:
+                core._impl.append(1)
+                if core.nwait:
+                    core.handoff()  # the client passes it to the oldest waiter
+            if core._inbox:
+                core._flush_inbox()
+            return
+        if mode == WRITE_NOWAIT and _RWF_NOWAIT_W is None and not _writable(core.wfd):
+            raise core.full_error()
+        if mode > WRITE_NOWAIT:
             old = block_signals()
             try:
-                self._give()
+                try:
+                    del hold[0]
+                except IndexError:
+                    return
+                core._give_slow(self)
             finally:
                 restore_signals(old)
-
-    def _give(self) -> None:
-        try:
-            core = self._hold.pop()
-        except IndexError:
             return
-        core._give(self)
+        data = _BYTES[b]
+        try:
+            del hold[0]
+        except IndexError:
+            return  # another thread released it just now
+        counts = core._counts
+        counts[b] -= 1
+        core.held -= 1
+        try:
+            if mode == WRITE_FD or _RWF_NOWAIT_W is None:
+                _os_write(core.wfd, data)
+            else:
+                _os_pwritev(core.wfd, [data], -1, _RWF_NOWAIT_W)
+        except BlockingIOError:
+            core._unrelease(self)  # still held: a later release() may succeed
+            raise core.full_error() from None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS) and mode == WRITE_NOWAIT:
+                _no_rwf_nowait()
+                core._unrelease(self)
+                self.release()
+                return
+            core.on_write_error(exc)  # the pool is broken or gone: the byte cannot go back
+            raise
+        if core._inbox:
+            core._flush_inbox()
 
     def __enter__(self) -> Token:
         return self
@@ -337,10 +434,11 @@ class Token:
         try:
             core = self._hold[0]
             try:
-                self._give()
+                self.release()
             except BaseException:  # noqa: BLE001 - the pool is gone: nothing to write to
-                self._hold.clear()
-                core._lost(self)
+                if self._hold:
+                    del self._hold[0]
+                    core._lost(self)
         finally:
             restore_signals(old)
         kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
@@ -358,10 +456,32 @@ class Token:
 
 
 _new_token = object.__new__
+_os_read = os.read
+_os_write = os.write
+_os_pwritev: Any = getattr(os, "pwritev", None)
+_os_preadv: Any = getattr(os, "preadv", None)
+_BYTES = [bytes((i,)) for i in range(256)]
+
+
+def _no_rwf_nowait() -> None:
+    global _RWF_NOWAIT_W
+    _RWF_NOWAIT_W = None
+
+
+def _writable(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    ready = p.poll(0)
+    return bool(ready) and not ready[0][1] & select.POLLNVAL
 
 
 class Core:
-    """The token state of one Client on one pool (the twin of _fastjob.Core)."""
+    """The token state of one Client on one pool (the twin of _fastjob.Core).
+
+    Reads in the main thread land in ``_inbox`` inside one C call (``extend``
+    over a ``map`` of the read), so a signal handler raising right after the
+    read finds the byte there, not lost: the next take hands it out and a
+    release or close() gives it back."""
 
     def __init__(
         self,
@@ -383,7 +503,7 @@ class Core:
         self.read_mode = read_mode
         self.write_mode = write_mode
         self.owns_implicit = owns_implicit
-        self.implicit_free = owns_implicit
+        self._impl: list[int] = [1] if owns_implicit else []
         self.gen = gen
         self.slow = slow
         self.handoff = handoff
@@ -394,108 +514,130 @@ class Core:
         self.nwait = 0
         self.held = 0
         self._counts = [0] * 256
-        self._reader = (try_read, read_nowait)[read_mode] if read_mode < 2 else None
+        self._inbox: list[Any] = []
+        self._nbuf = bytearray(1)
+        if read_mode == READ_FD:
+            self._read_args: tuple[Any, ...] = (_os_read, (rfd,), (1,))
+        elif read_mode == READ_NOWAIT:
+            if _RWF_NOWAIT is None or _os_preadv is None:
+                raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+            self._read_args = (_os_preadv, (rfd,), ([self._nbuf],), (-1,), (_RWF_NOWAIT,))
+        else:
+            self._read_args = ()
 
-    def _new(self, b: int) -> Token:
-        tok: Token = _new_token(Token)
-        tok._hold = [self]
-        tok._byte = b
-        tok._gen = self.gen
-        if b >= 0:
-            self._counts[b] += 1
-            self.held += 1
-        self.acquired += 1
-        return tok
+    @property
+    def implicit_free(self) -> bool:
+        return bool(self._impl)
 
-    def _read(self) -> int:
-        if self._reader is not None:
-            return int(self._reader(self.rfd))
-        if self.read_mode == READ_NONE:
-            return AGAIN
-        return int(self.transport.try_read())
+    @implicit_free.setter
+    def implicit_free(self, free: bool) -> None:
+        if free and not self._impl:
+            self._impl.append(1)
+        elif not free:
+            self._impl.clear()
 
     def try_acquire(self) -> Token | None:
         """Client.try_acquire (see _fastjob.Core.try_acquire)."""
         if self.closed or self.nwait:
             return self.slow()  # type: ignore[no-any-return]
-        old = block_signals()
-        try:
-            if self.implicit_free:
-                self.implicit_free = False
-                tok = self._new(-1)
-            elif self.read_mode == READ_NONE:
-                tok = None
-            else:
-                tok = self._take()
-        finally:
-            restore_signals(old)
-        if tok is None and self.read_mode == READ_NONE:
+        if self._impl:
+            tok = self.take_implicit()
+            if tok is not None:
+                return tok
+        if self.read_mode == READ_NONE:
             return self.slow()  # type: ignore[no-any-return]
-        return tok
-
-    def _take(self) -> Token | None:
-        r = self._read()
-        if r == AGAIN:
-            return None
-        if r == EOF:
-            raise self.transport.closed_error()
-        return self._new(r)
+        return self.take()
 
     def take(self) -> Token | None:
         """A Token for a pool byte read now, or None; JobserverClosedError
         at EOF.  Ignores the queue (the caller is the queue's pump)."""
-        old = block_signals()
-        try:
-            return self._take()
-        finally:
-            restore_signals(old)
+        if not self._read_args:
+            r = AGAIN if self.read_mode == READ_NONE else int(self.transport.try_read())
+            if r == AGAIN:
+                return None
+            return self.adopt(r)
+        inbox = self._inbox
+        if _get_ident() != _main_ident:
+            # no Python signal handler runs in this thread: a plain read
+            r = try_read(self.rfd) if self.read_mode == READ_FD else read_nowait(self.rfd)
+            if r == AGAIN:
+                return None
+            if r == EOF:
+                raise self.transport.closed_error()
+            return self.adopt(r)
+        if not inbox:
+            try:
+                inbox.extend(map(*self._read_args))
+            except BlockingIOError:
+                return None
+        data = inbox[0]
+        if type(data) is int:
+            b = self._nbuf[0] if data else EOF
+        else:
+            b = data[0] if data else EOF
+        if b == EOF:
+            del inbox[0]
+            raise self.transport.closed_error()
+        tok: Token = _new_token(Token)
+        tok._hold = [self]
+        tok._byte = b
+        tok._gen = self.gen
+        self._counts[b] += 1
+        self.held += 1
+        self.acquired += 1
+        del inbox[0]  # the byte is the token's now (no call in between)
+        return tok
 
     def take_implicit(self) -> Token | None:
         """The implicit token if it is free, else None (ignores the queue)."""
-        old = block_signals()
-        try:
-            if self.implicit_free and not self.closed:
-                self.implicit_free = False
-                return self._new(-1)
+        if self.closed:
             return None
-        finally:
-            restore_signals(old)
+        tok: Token = _new_token(Token)
+        tok._hold = []  # not held (yet): dropped, it gives nothing back
+        tok._byte = -1
+        tok._gen = self.gen
+        try:
+            del self._impl[0]  # atomic: the implicit token goes out once
+        except IndexError:
+            return None
+        tok._hold = [self]  # (no call since the del)
+        self.acquired += 1
+        return tok
 
     def adopt(self, byte: int) -> Token:
         """A held Token for a byte read by someone else (the reader thread)."""
-        return self._new(byte)
+        tok: Token = _new_token(Token)
+        tok._hold = [self]
+        tok._byte = byte
+        tok._gen = self.gen
+        if byte >= 0:
+            self._counts[byte] += 1
+            self.held += 1
+        self.acquired += 1
+        return tok
 
-    def _write(self, b: int) -> int:
-        mode = self.write_mode
-        if mode == WRITE_FD:
-            return try_write(self.wfd, b)
-        if mode == WRITE_NOWAIT:
-            return write_nowait(self.wfd, b)
-        t = self.transport
-        if mode == WRITE_LOCKED:
-            with t._lock:
-                fd = t._wfd
-                if fd >= 0:
-                    return try_write(fd, b)
-        t.write(b)
-        return 0
+    def _unrelease(self, tok: Token) -> None:
+        tok._hold.append(self)
+        self._counts[tok._byte] += 1
+        self.held += 1
 
-    def _give(self, tok: Token) -> None:
-        """tok's record was just taken (tok._hold emptied); signals blocked."""
-        if tok._gen != self.gen:
-            return  # taken before a fork: the parent process gives it back
+    def _give_slow(self, tok: Token) -> None:
+        """Write tok's byte through the transport (FIFO, semaphore); tok's
+        record is taken already and signals are blocked."""
         b = tok._byte
-        if b < 0:
-            if self.closed or not self.owns_implicit:
-                return
-            self.implicit_free = True
-            if self.nwait:
-                self.handoff()  # the client passes it to the oldest waiter
-            return
-        if self.closed:
-            return  # close() wrote it back already
+        t = self.transport
+        r = 0
         try:
-            r = self._write(b)
+            if self.write_mode == WRITE_LOCKED:
+                with t._lock:
+                    fd = t._wfd
+                    if fd >= 0:
+                        r = try_write(fd, b)
+                    else:
+                        r = -1  # the writer is being reopened: through the transport
+            if r < 0 or self.write_mode != WRITE_LOCKED:
+                r = 0
+                t.write(b)
         except OSError as exc:
             if exc.errno in _POOL_GONE:
                 self._lost(tok)  # the pool is gone: the byte has nowhere to go
@@ -516,6 +658,42 @@ class Core:
             raise self.full_error()
         self._lost(tok)
 
+    def flush(self) -> None:
+        """Give back a byte a signal handler left between a read and its
+        token (the native core never leaves one)."""
+        if self._inbox:
+            self._flush_inbox()
+
+    def _flush_inbox(self) -> None:
+        """Give back a byte a signal handler left in the inbox."""
+        inbox = self._inbox
+        if not inbox or _get_ident() != _main_ident or self.wfd < 0:
+            return
+        data = inbox[0]
+        if type(data) is int:
+            data = _BYTES[self._nbuf[0]] if data else b""
+        if not data:
+            del inbox[0]
+            return
+        mode = self.write_mode
+        if mode == WRITE_FD:
+            del inbox[0]  # no call between this and the write
+            _os_write(self.wfd, data)
+        elif mode == WRITE_NOWAIT and _RWF_NOWAIT_W is not None:
+            del inbox[0]
+            _os_pwritev(self.wfd, [data], -1, _RWF_NOWAIT_W)
+        elif mode == WRITE_LOCKED:
+            old = block_signals()
+            try:
+                t = self.transport
+                with t._lock:
+                    if t._wfd >= 0:
+                        del inbox[0]
+                        try_write(t._wfd, data[0])
+            finally:
+                restore_signals(old)
+        # else: the next take() hands it out
+
     def _lost(self, tok: Token) -> None:
         """Forget a pool token's record (written back, or unwritable)."""
         b = tok._byte
@@ -528,8 +706,16 @@ class Core:
         tok.release()
 
     def held_bytes(self) -> list[int]:
-        """The bytes of the pool tokens still held, forgetting them (close)."""
+        """The bytes of the pool tokens still held, forgetting them (close);
+        also a byte a signal handler left in the inbox."""
         out = [b for b in range(256) for _ in range(self._counts[b])]
+        for data in self._inbox:
+            if type(data) is int:
+                if data:
+                    out.append(self._nbuf[0])
+            elif data:
+                out.append(data[0])
+        self._inbox.clear()
         self._counts = [0] * 256
         self.held = 0
         return out
@@ -539,5 +725,5 @@ class Core:
         self.held_bytes()
         self.gen = gen
         self.owns_implicit = False
-        self.implicit_free = False
+        self._impl.clear()
         self.nwait = 0

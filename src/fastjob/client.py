@@ -198,6 +198,10 @@ class Client:
         # Waiters served but not yet resumed: the fast path still defers to
         # them, so a newcomer cannot run before a waiter served earlier.
         self._resuming: set[weakref.ref[_Waiter]] = set()
+        # What each queued (or served, not yet resumed) waiter gathered, kept
+        # here too: if its owner vanishes, the slots go on from here.
+        self._gathered: dict[weakref.ref[_Waiter], list[Token]] = {}
+        self._orphans: list[Token] = []
         self._nwait = 0
         self._loops: dict[object, _LoopState] = {}
         self._dead: JobserverError | None = None
@@ -230,8 +234,7 @@ class Client:
         self._closed = False
         _live_clients.add(self)
 
-    @staticmethod
-    def _io_modes(t: Transport) -> tuple[int, int, int, int]:
+    def _io_modes(self, t: Transport) -> tuple[int, int, int, int]:
         """(read fd, write fd, read mode, write mode) of the core for t."""
         if isinstance(t, PipeTransport):
             if t.strategy == "rwf-nowait":
@@ -240,8 +243,10 @@ class Client:
                 read_mode = _io.READ_FD
             else:
                 read_mode = _io.READ_NONE
-            # The write end is shared (and usually blocking): write without
-            # ever blocking, without touching its flags.
+            # The write end is shared (and usually blocking): write with
+            # RWF_NOWAIT / after a poll; never touch its flags.  (A private
+            # non-blocking reopen of it would be cheaper per write, but would
+            # be one more writer keeping a dead pool from reaching EOF.)
             return t.read_fd, t.shared_write_fd, read_mode, _io.WRITE_NOWAIT
         if isinstance(t, FifoTransport) and hasattr(t, "_lock") and hasattr(t, "_wfd"):
             # our own O_NONBLOCK descriptors; the writer is reopened by the
@@ -383,17 +388,30 @@ class Client:
         if not self._core.nwait:
             return False
         with self._lock:
-            self._prune()
-            if self._resuming:
-                self._resuming = {r for r in self._resuming if r() is not None}
-            self._count()
+            self._sweep(full=False)  # the queue's head and the few served ones
             return bool(self._core.nwait)
+
+    def _sweep(self, full: bool = True) -> None:
+        """Drop waiters whose owner vanished (caller holds the lock) and
+        pass on what they had gathered (``full``: also from the middle of
+        the queue, O(waiters))."""
+        self._prune()
+        for refs in (self._pending, self._resuming) if full else (self._resuming,):
+            for ref in [r for r in refs if r() is None]:
+                refs.discard(ref)
+                self._orphans += self._gathered.pop(ref, ())
+        self._count()
+        if self._orphans:
+            orphans, self._orphans = self._orphans, []
+            for tok in orphans:
+                self._place(tok)
 
     def _resumed(self, w: _Waiter) -> None:
         """w runs again (served, or giving up)."""
-        if w.ref is not None and w.ref in self._resuming:
+        if w.ref is not None:
             with self._lock:
                 self._resuming.discard(w.ref)
+                self._gathered.pop(w.ref, None)
                 self._count()
 
     def _register(self, w: _Waiter) -> bool:
@@ -410,6 +428,7 @@ class Client:
             ref = w.ref = weakref.ref(w)
             self._queue.append(ref)
             self._pending.add(ref)
+            self._gathered[ref] = w.got
             self._count()
             if w.state is not None:
                 w.state.queue.append(ref)
@@ -427,6 +446,7 @@ class Client:
             q.popleft()
             if w is None and ref in self._pending:
                 self._pending.discard(ref)  # its owner vanished mid-cleanup
+                self._orphans += self._gathered.pop(ref, ())
                 self._count()
 
     def _unlink(self, w: _Waiter) -> None:
@@ -528,6 +548,7 @@ class Client:
                 self._unlink(w)
                 if w.ref is not None:
                     self._resuming.discard(w.ref)
+                    self._gathered.pop(w.ref, None)
                     self._count()
                 got, w.got = w.got, []
                 w.done = False
@@ -868,6 +889,7 @@ class Client:
     def available(self) -> int | None:
         """Free tokens in the pool right now (not counting the implicit one),
         or None when that cannot be known."""
+        self._core.flush()
         return self._t.available()
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -894,6 +916,13 @@ class Client:
 
     def statistics(self) -> ClientStatistics:
         """Tokens held, implicit held, tasks waiting, total acquired, strategy."""
+        self._core.flush()
+        old = _block_signals()
+        try:
+            with self._lock:
+                self._sweep()
+        finally:
+            _restore_signals(old)
         with self._lock:
             core = self._core
             implicit_held = self._owns_implicit and not core.implicit_free and not self._closed
@@ -995,6 +1024,8 @@ class Client:
         self._queue.clear()
         self._pending.clear()
         self._resuming.clear()
+        self._gathered.clear()
+        self._orphans.clear()
         self._nwait = 0
         self._loops.clear()
         self._tleader_ref = None
@@ -1111,7 +1142,11 @@ class _Reader:
             kick = self._pipe()
             if self._thread is None:
                 th = threading.Thread(target=self._run, name="fastjob-reader", daemon=True)
-                th.start()
+                old = _block_signals()  # a handler raising inside start() breaks threading
+                try:
+                    th.start()
+                finally:
+                    _restore_signals(old)
                 self._thread = th
         try:
             os.write(kick[1], b"k")
