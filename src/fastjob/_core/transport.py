@@ -338,6 +338,23 @@ class FifoTransport(Transport):
             raise ForeignFifoError(_foreign_message(path, st.st_uid))
         return st
 
+    def _open_own_writer(self) -> int:
+        if self._rfd >= 0 and sys.platform.startswith("linux"):
+            try:
+                # (no O_NOFOLLOW: /proc's fd entries are links by design)
+                fd = os.open(
+                    f"/proc/self/fd/{self._rfd}",
+                    os.O_WRONLY | (_FIFO_OPEN_FLAGS & ~getattr(os, "O_NOFOLLOW", 0)),
+                )
+            except OSError:
+                pass  # no /proc (a sandbox), or out of fds: by path then
+            else:
+                st = os.fstat(fd)
+                if stat.S_ISFIFO(st.st_mode) and (st.st_dev, st.st_ino) == self._identity:
+                    return fd
+                os.close(fd)
+        return self._open_checked(os.O_WRONLY)
+
     def _open_checked(self, mode: int) -> int:
         """Open the path (read or write end) and make sure the file opened is
         the FIFO that was checked; FifoError / ForeignFifoError otherwise."""
@@ -395,8 +412,13 @@ class FifoTransport(Transport):
 
     def _reopen_writer(self) -> None:
         """Open the write end again (lock held) and write back a byte the
-        liveness check could not put back."""
-        self._wfd = self._open_checked(os.O_WRONLY)
+        liveness check could not put back.
+
+        Through our own read descriptor where the OS allows it (Linux:
+        /proc/self/fd/N opens the very FIFO that fd is, whatever is at the
+        path now), so a path swapped meanwhile cannot strand that byte; else
+        by path, checked like every open of it."""
+        self._wfd = self._open_own_writer()
         while self._pending:
             _io.write(self._wfd, self._pending.pop())
 
