@@ -91,6 +91,6 @@ def test_no_lower_layer_imports_a_higher_one() -> None:
     assert bad == []
 
 
-@pytest.mark.parametrize("mod,expected", [("fastjob._core.token", 4), ("fastjob.cli.run", 12)])
+@pytest.mark.parametrize("mod,expected", [("fastjob._core.token", 4), ("fastjob.cli.run", 13)])
 def test_rank(mod: str, expected: int) -> None:
     assert rank(mod) == expected

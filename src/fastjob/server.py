@@ -466,11 +466,16 @@ def _register_cleanup(server: Server) -> None:
     with _cleanup_lock:
         _fifo_servers.add(server)
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                if sig in _previous_handlers:
-                    continue
+            for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+                if sig is None:
+                    continue  # Windows has no SIGHUP
                 try:
                     prev = signal.getsignal(sig)
+                    if prev is _on_signal:
+                        continue
+                    # Ours is not in place (first FIFO Server, or someone put
+                    # theirs in since, then restored an older one): chain to
+                    # what is there now.
                     if prev in (signal.SIG_DFL, None) or callable(prev):
                         _previous_handlers[sig] = prev
                         signal.signal(sig, _on_signal)
