@@ -413,6 +413,9 @@ class Client:
                 self._resuming.discard(w.ref)
                 self._gathered.pop(w.ref, None)
                 self._count()
+            if self._nwait and self._core.implicit_free:
+                # freed while only served waiters were left: the queue's now
+                self._implicit_freed()
 
     def _register(self, w: _Waiter) -> bool:
         """Queue w; True when it got all it needs at once (it is then not
@@ -508,7 +511,9 @@ class Client:
         old = _block_signals()
         try:
             with self._lock:
-                tok = self._take()
+                tok = self._core.take_implicit()  # free while nobody could take it
+                if tok is None:
+                    tok = self._take()
                 if tok is None:
                     return False
                 taken, w = self._deliver(tok)
