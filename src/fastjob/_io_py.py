@@ -628,16 +628,15 @@ class Core:
         t = self.transport
         r = 0
         try:
+            written = False
             if self.write_mode == WRITE_LOCKED:
                 with t._lock:
                     fd = t._wfd
                     if fd >= 0:
                         r = try_write(fd, b)
-                    else:
-                        r = -1  # the writer is being reopened: through the transport
-            if r < 0 or self.write_mode != WRITE_LOCKED:
-                r = 0
-                t.write(b)
+                        written = True
+            if not written:
+                t.write(b)  # the writer is being reopened, or no fd of our own
         except OSError as exc:
             if exc.errno in _POOL_GONE:
                 self._lost(tok)  # the pool is gone: the byte has nowhere to go
