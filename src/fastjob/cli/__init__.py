@@ -204,7 +204,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "-j", "--jobs", type=_jobs, metavar="N",
         help="create a new pool of N job slots (default: join the inherited "
-        "jobserver, else N = the number of CPUs)",
+        "jobserver; one job at a time when one is named but unusable, as make "
+        "does; else N = the number of CPUs)",
     )
     run.add_argument(
         "--style", choices=("pipe", "fifo"), default=None,
@@ -231,7 +232,8 @@ def add_parallel_arguments(par: argparse.ArgumentParser) -> None:
     par.add_argument(
         "-j", "--jobs", type=_jobs, metavar="N",
         help="run in a new pool of N job slots (default: join the inherited "
-        "jobserver, else N = the number of CPUs)",
+        "jobserver; one job at a time when one is named but unusable, as make "
+        "does; else N = the number of CPUs)",
     )
     par.add_argument(
         "-k", "--keep-order", action="store_true",
