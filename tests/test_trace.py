@@ -252,7 +252,9 @@ def test_sampler_cost_on_an_idle_pool() -> None:
         assert server.available() == 3
         assert server.client.statistics().tokens_acquired == 0  # never took a token
     s = rec.summary()
-    assert s.sampler_cost < 0.01, f"sampler used {100 * s.sampler_cost:.2f}% of one core"
+    # Measured 0.6% on a quiet box (docs/trace.md); the bound catches a
+    # sampler gone busy, not the noise of a loaded one.
+    assert s.sampler_cost < 0.03, f"sampler used {100 * s.sampler_cost:.2f}% of one core"
     assert s.samples >= 0.5 * seconds / 0.025  # it did sample throughout (half: a loaded box)
     print(f"\nsampler cost on a {seconds:g} s idle run: {100 * s.sampler_cost:.3f}% of one core, "
           f"{s.samples} samples")
