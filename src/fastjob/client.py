@@ -55,6 +55,21 @@ _block_signals = _io.block_signals
 _restore_signals = _io.restore_signals
 
 
+def _wake_up_pipe(what: str) -> tuple[int, int]:
+    """A non-blocking pipe that wakes a waiting thread; out of fds, one
+    JobserverError that names the fix."""
+    try:
+        r, w = os.pipe()
+    except OSError as exc:
+        raise JobserverError(
+            f"cannot wait for a jobserver token: no file descriptor is free for {what} "
+            f"({exc.strerror}); close some files or raise the limit (ulimit -n)"
+        ) from None
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
+
+
 @dataclass(frozen=True)
 class ClientStatistics:
     """A snapshot of one client's state (see :meth:`Client.statistics`)."""
@@ -642,17 +657,7 @@ class Client:
     def _wake_pipe(self) -> tuple[int, int]:
         with self._lock:
             if self._wake is None:
-                try:
-                    r, wr = os.pipe()
-                except OSError as exc:
-                    raise JobserverError(
-                        f"cannot wait for a jobserver token: no file descriptor is free for "
-                        f"the wake-up pipe ({exc.strerror}); close some files or raise "
-                        "the limit (ulimit -n)"
-                    ) from None
-                os.set_blocking(r, False)
-                os.set_blocking(wr, False)
-                self._wake = (r, wr)
+                self._wake = _wake_up_pipe("the wake-up pipe")
             return self._wake
 
     def _kick_thread_leader(self) -> None:
@@ -1125,17 +1130,7 @@ class _Reader:
 
     def _pipe(self) -> tuple[int, int]:
         if self._kick is None:
-            try:
-                r, w = os.pipe()
-            except OSError as exc:
-                raise JobserverError(
-                    f"cannot wait for a jobserver token: no file descriptor is free for "
-                    f"the reader thread's wake-up pipe ({exc.strerror}); close some files "
-                    "or raise the limit (ulimit -n)"
-                ) from None
-            os.set_blocking(r, False)
-            os.set_blocking(w, False)
-            self._kick = (r, w)
+            self._kick = _wake_up_pipe("the reader thread's wake-up pipe")
         return self._kick
 
     def kick(self) -> None:
