@@ -223,10 +223,16 @@ def _libc_sigmask() -> Any:
     with every signal blocked); this costs about one C call."""
     try:
         import ctypes
-        import ctypes.util
+        import ctypes.util  # noqa: F401 - the fallback below
 
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.pthread_sigmask
+        try:
+            # The symbols already loaded into this process (libc's among them):
+            # no ctypes.util.find_library, which may run ldconfig or a compiler.
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.pthread_sigmask
+        except (OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            fn = libc.pthread_sigmask
         fill = libc.sigfillset
     except (ImportError, OSError, AttributeError):
         return None
@@ -238,8 +244,17 @@ def _libc_sigmask() -> Any:
     return fn, full, ctypes.create_string_buffer
 
 
-_native_mask = _libc_sigmask() if hasattr(_signal, "pthread_sigmask") else None
+#: looked up on the first block_signals() (ctypes is not worth loading for a
+#: process that never waits: start-up time of the CLI)
+_UNSET: Any = object()
+_native_mask: Any = _UNSET
 _NOTHING: Any = None
+
+
+def _load_mask() -> Any:
+    global _native_mask
+    _native_mask = _libc_sigmask() if hasattr(_signal, "pthread_sigmask") else None
+    return _native_mask
 
 
 def block_signals() -> Any:
@@ -248,6 +263,8 @@ def block_signals() -> Any:
     if _get_ident() != _main_ident:
         return _NOTHING
     m = _native_mask
+    if m is _UNSET:
+        m = _load_mask()
     if m is None:
         if not hasattr(_signal, "pthread_sigmask"):
             return _NOTHING  # Windows: no signal masks
@@ -272,9 +289,9 @@ def restore_signals(old: Any) -> None:
         if old[0] == "py":
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
             return
-        _native_mask[0](_signal.SIG_SETMASK, old[1], None)  # type: ignore[index]
+        _native_mask[0](_signal.SIG_SETMASK, old[1], None)
         raise old[2]
-    _native_mask[0](_signal.SIG_SETMASK, old, None)  # type: ignore[index]
+    _native_mask[0](_signal.SIG_SETMASK, old, None)
 
 
 def _after_fork() -> None:
