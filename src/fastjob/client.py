@@ -963,6 +963,10 @@ class Client:
             )
 
     def _shutdown(self) -> int:
+        if self._reader is not None and not self._closed:
+            # First: a token the reader thread has read but not yet handed
+            # on is placed (or written back) by it, not counted as leaked.
+            self._reader.stop()
         old = _block_signals()
         try:
             with self._lock:
@@ -984,8 +988,6 @@ class Client:
                     self._t.write(b)
                 except (OSError, JobserverError):
                     pass
-            if self._reader is not None:
-                self._reader.stop()
             with self._lock:
                 self._close_wake_if_closed()
             self._t.close()
