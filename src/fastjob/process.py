@@ -111,6 +111,24 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return popen, fast
 
 
+
+def _prepare(
+    client: Client | Server | None,
+    weight: int,
+    share_jobserver: bool,
+    pass_fds: Sequence[int],
+    kwargs: dict[str, Any],
+) -> tuple[Client, dict[str, Any], bool, tuple[int, ...]]:
+    """What run_process and open_process check and work out first: the
+    client, the Popen-only keywords, whether the fast path applies, and
+    every fd the child inherits."""
+    resolved = resolve_client(client)
+    check_weight(weight, resolved)
+    popen, fast = _split(kwargs)
+    fds = resolved.pass_fds if share_jobserver else ()
+    all_fds = tuple(dict.fromkeys((*pass_fds, *fds))) if fds else tuple(pass_fds)
+    return resolved, popen, fast, all_fds
+
 async def run_process(
     command: Command,
     *,
@@ -145,11 +163,7 @@ async def run_process(
     Cancelling stops the child's whole process group (SIGTERM, SIGKILL after
     0.5 s) before the slots are released.
     """
-    client = resolve_client(client)
-    check_weight(weight, client)
-    popen, fast = _split(kwargs)
-    fds = client.pass_fds if share_jobserver else ()
-    all_fds = tuple(dict.fromkeys((*pass_fds, *fds))) if fds else tuple(pass_fds)
+    client, popen, fast, all_fds = _prepare(client, weight, share_jobserver, pass_fds, kwargs)
     async with child_slot(client, weight):
         if fast:
             return await _spawn.run_child(
@@ -255,11 +269,7 @@ async def open_process(
     SIGTERM, then SIGKILL after 0.5 s, is reaped, and only then are the slots
     released.  ``client`` and ``share_jobserver`` as in :func:`run_process`.
     """
-    client = resolve_client(client)
-    check_weight(weight, client)
-    popen, fast = _split(kwargs)
-    fds = client.pass_fds if share_jobserver else ()
-    all_fds = tuple(dict.fromkeys((*pass_fds, *fds))) if fds else tuple(pass_fds)
+    client, popen, fast, all_fds = _prepare(client, weight, share_jobserver, pass_fds, kwargs)
     async with child_slot(client, weight):
         if fast:
             proc = _spawn.open_child(
