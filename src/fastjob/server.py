@@ -18,7 +18,9 @@ from . import _io
 from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError, warn_at_caller
 from ._makeflags import JobserverAuth, child_environment
 from ._core.transport import FifoTransport, PipeTransport, Transport
-from ._governor import Governor, Limits
+TYPE_CHECKING = False  # typing.TYPE_CHECKING; the governor is imported when used
+if TYPE_CHECKING:
+    from ._governor import Governor, Limits
 from ._pool_size import PoolSize, ServerStatistics
 from .client import Client, _live_clients
 
@@ -71,6 +73,8 @@ class Server:
         self._transport: Transport
         self._control: Any = None
         self._governor: Governor | None = None
+        if limits is not None:
+            from ._governor import Governor, Limits
         if limits is not None and not isinstance(limits, Limits):
             raise TypeError(f"limits must be a fastjob.Limits, not {type(limits).__name__}")
         try:
