@@ -223,7 +223,6 @@ def _libc_sigmask() -> Any:
     with every signal blocked); this costs about one C call."""
     try:
         import ctypes
-        import ctypes.util  # noqa: F401 - the fallback below
 
         try:
             # The symbols already loaded into this process (libc's among them):
@@ -231,6 +230,8 @@ def _libc_sigmask() -> Any:
             libc = ctypes.CDLL(None, use_errno=True)
             fn = libc.pthread_sigmask
         except (OSError, AttributeError):
+            import ctypes.util  # only here: it imports subprocess (start-up time)
+
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
             fn = libc.pthread_sigmask
         fill = libc.sigfillset
