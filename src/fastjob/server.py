@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 import weakref
@@ -22,6 +20,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING; the governor is imported when use
 if TYPE_CHECKING:
     from ._governor import Governor, Limits
 from ._pool_size import PoolSize, ServerStatistics
+from ._control import private_dir  # tempfile.mkdtemp without importing tempfile
 from .client import Client, _live_clients
 
 __all__ = ["Server"]
@@ -149,7 +148,7 @@ class Server:
     def _make_fifo(self) -> None:
         if not hasattr(os, "mkfifo"):
             raise UnsupportedPlatformError("FIFO jobservers need POSIX mkfifo()")
-        self._dir = tempfile.mkdtemp(prefix="fastjob-")  # 0700, owned by us
+        self._dir = private_dir()  # 0700, owned by us
         self._path = os.path.join(self._dir, FIFO_NAME)
         os.mkfifo(self._path, 0o600)
         _register_cleanup(self)
@@ -219,7 +218,7 @@ class Server:
             from ._control import ControlServer
 
             if self._dir is None:
-                self._dir = tempfile.mkdtemp(prefix="fastjob-")  # 0700, owned by us
+                self._dir = private_dir()  # 0700, owned by us
                 _register_cleanup(self)
             self._control = ControlServer(self._dir, self._control_info, self.resize)
         return str(self._control.path)
@@ -444,6 +443,8 @@ def _remove_dir(path: str) -> None:
     except FileNotFoundError:
         pass
     except OSError:
+        import shutil  # only here: it imports bz2, lzma (start-up time)
+
         shutil.rmtree(path, ignore_errors=True)  # someone put more files there
 
 
