@@ -76,7 +76,7 @@ class ClientStatistics:
     class with ``__slots__`` (importing dataclasses costs milliseconds of
     every ``fastjob run``'s start-up)."""
     __slots__ = ("tokens_held", "implicit_held", "tasks_waiting", "tokens_acquired", "wait_strategy")
-    __match_args__ = __slots__
+    __match_args__ = ("tokens_held", "implicit_held", "tasks_waiting", "tokens_acquired", "wait_strategy")
 
     tokens_held: int
     implicit_held: bool
