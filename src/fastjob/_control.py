@@ -151,7 +151,7 @@ class ControlServer:
             import socket  # the first request: not at start-up
 
             try:
-                fd, _ = self._sock._accept()
+                fd, _ = self._sock._accept()  # type: ignore[attr-defined]  # socket.accept's own call
             except OSError:
                 continue
             conn = socket.socket(self._sock.family, self._sock.type, self._sock.proto, fileno=fd)

@@ -52,7 +52,7 @@ class ServerStatistics:
     every ``fastjob run``'s start-up).
     """
     __slots__ = ("jobs", "effective", "free", "withheld", "limited_by")
-    __match_args__ = __slots__
+    __match_args__ = ("jobs", "effective", "free", "withheld", "limited_by")
 
     jobs: int
     effective: int
