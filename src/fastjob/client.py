@@ -32,7 +32,7 @@ import warnings
 import weakref
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Generator
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 
 from . import _backend, _io
 from ._core.token import Token, TokenSet
@@ -41,6 +41,8 @@ from ._errors import JobserverClosedError, JobserverError, TokenLeakWarning
 from ._makeflags import child_environment
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, Generator
+
     import anyio
 
 __all__ = ["Client", "ClientStatistics", "Token", "TokenSet"]

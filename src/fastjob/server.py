@@ -10,7 +10,6 @@ import threading
 import warnings
 import weakref
 from types import FrameType, TracebackType
-from typing import Any
 
 from . import _io
 from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError, warn_at_caller
@@ -18,6 +17,8 @@ from ._makeflags import JobserverAuth, child_environment
 from ._core.transport import FifoTransport, PipeTransport, Transport
 TYPE_CHECKING = False  # typing.TYPE_CHECKING; the governor is imported when used
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._governor import Governor, Limits
 from ._pool_size import PoolSize, ServerStatistics
 from ._control import private_dir  # tempfile.mkdtemp without importing tempfile
