@@ -24,7 +24,9 @@ import os
 import select
 import sys
 import threading
-from typing import Callable
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Callable
 
 from . import _io
 from ._core.transport import Transport
