@@ -16,7 +16,9 @@ import select
 import struct
 import sys
 import time
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 if sys.platform != "win32":  # Windows has neither; its pool is a semaphore (_core/sem.py)
     import fcntl
