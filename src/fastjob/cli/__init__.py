@@ -447,6 +447,21 @@ class RunArgs:
 _RUN_VALUED = {"-j": "jobs", "--jobs": "jobs", "--style": "style", "--trace": "trace", "--report": "report"}
 
 
+#: every long option of ``fastjob`` and of ``fastjob run`` (argparse accepts
+#: their unambiguous prefixes)
+_LONG_OPTIONS = (
+    "--help", "--version", "--jobs", "--style", "--trace", "--report", "--load-average",
+    "--min-free-memory", "--max-pressure",
+)
+
+
+def _may_abbreviate(word: str) -> bool:
+    """True if argparse may take ``word`` ("--name" or "--name=value") for
+    one of the long options or an abbreviation of some."""
+    name = word.partition("=")[0]
+    return any(option.startswith(name) for option in _LONG_OPTIONS)
+
+
 def parse_run_fast(args: Sequence[str]) -> RunArgs | None:
     """``fastjob run``'s arguments (after "run") read without argparse, for
     the common command lines: ``-j N`` / ``-jN`` / ``--jobs[=]N``,
@@ -467,6 +482,15 @@ def parse_run_fast(args: Sequence[str]) -> RunArgs | None:
             first = i + 1 if word == "--" else i
             if first == n or not args[first]:
                 return None  # no COMMAND, or an empty one: argparse's path says so
+            if word != "--":
+                # argparse reads every word up to a "--" as a possible option,
+                # also COMMAND's: "fastjob run make --m" fails ("ambiguous
+                # option"), so such words are argparse's to judge
+                for later in args[i + 1 :]:
+                    if later == "--":
+                        break
+                    if later.startswith("--") and _may_abbreviate(later):
+                        return None
             return out
         if word.startswith("-j") and "=" not in word and len(word) > 2:
             key, value = "jobs", word[2:]
