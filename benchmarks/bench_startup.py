@@ -6,6 +6,8 @@ on the machine falls on all of them alike):
 
 * ``python -c pass``: the interpreter's own start-up, the floor;
 * ``python -c "import fastjob"``;
+* ``python -c "import re"``: the floor of every console script, since the
+  wrapper pip writes (``bin/fastjob``) imports re before fastjob;
 * ``fastjob --version``: the console script, no work;
 * ``fastjob run -j2 -- true``: a new pool of 2, its control socket, the
   command spawned and reaped, the pool accounted for and closed;
@@ -60,6 +62,8 @@ def contenders() -> list[tuple[str, list[str]]]:
     out = [
         ("python -c pass", [PY, "-c", "pass"]),
         ('python -c "import fastjob"', [PY, "-c", "import fastjob"]),
+        # the floor of any console script pip writes: it imports re first
+        ('python -c "import re"', [PY, "-c", "import re"]),
         ("fastjob --version", [fj, "--version"]),
         ("fastjob run -j2 -- true", [fj, "run", "-j2", "--", "true"]),
     ]
