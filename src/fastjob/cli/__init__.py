@@ -4,10 +4,11 @@ Argument parsing only; each subcommand's logic lives in its own module.
 Bad input is one line on stderr and exit status 2, never a traceback.
 
 Start-up: this module imports neither argparse nor typing.  ``fastjob
---version`` and the common ``fastjob run [-j N] [--style S] [--trace F]
-[--report F] -- COMMAND`` are parsed by hand (:func:`parse_run_fast`, which
-gives up on anything else); argparse builds the parser for --help, errors
-and every other command line, so the messages stay argparse's.
+--version``, ``fastjob doctor [--json]`` and the common ``fastjob run [-j N]
+[--style S] [--trace F] [--report F] -- COMMAND`` are parsed by hand
+(:func:`parse_run_fast` gives up on anything else); argparse builds the
+parser for --help, errors and every other command line, so the messages
+stay argparse's (docs/cli.md, "Start-up").
 """
 
 from __future__ import annotations
