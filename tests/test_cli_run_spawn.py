@@ -170,3 +170,47 @@ def test_wait_reports_a_signal_as_popen_does() -> None:
     assert code == -signal.SIGTERM
     assert exit_status(code) == 128 + signal.SIGTERM
     assert os.getpgid(os.getpid()) != child.pid  # it had its own group
+
+
+def _console(prelude: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """fastjob's main() as the console script calls it (no argv), after
+    ``prelude`` ran in the same interpreter."""
+    code = (
+        "import sys\n" + prelude + "\n"
+        f"sys.argv = ['fastjob', *{list(args)!r}]\n"
+        "from fastjob.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    return subprocess.run(
+        [PY, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def test_the_quick_exit_still_runs_atexit_and_flushes_stdout() -> None:
+    """fastjob run ends with os._exit (no interpreter teardown), after the
+    atexit handlers and with stdout's buffer written."""
+    prelude = (
+        "import atexit\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "sys.stdout.write('buffered, never flushed\\n')\n"
+    )
+    r = _console(prelude, "run", "-j2", "--", "sh", "-c", "exit 5")
+    assert r.returncode == 5, r.stderr
+    assert r.stdout == "buffered, never flushed\natexit ran\n"
+
+
+def test_the_quick_exit_waits_for_a_running_thread() -> None:
+    """A non-daemon thread still running: the normal exit (which waits for
+    it), not os._exit."""
+    prelude = (
+        "import threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', flush=True))).start()\n"
+    )
+    r = _console(prelude, "run", "-j2", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "thread done\n"
+
+
+def test_the_quick_exit_keeps_the_commands_status() -> None:
+    r = _console("", "run", "-j2", "--", "sh", "-c", "exit 7")
+    assert r.returncode == 7
