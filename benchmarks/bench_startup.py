@@ -26,6 +26,16 @@ measure the compiler, not the start-up a user sees (pip writes the .pyc
 files at install time).
 
     python benchmarks/bench_startup.py [--rounds N] [--impl native|pure] [--json FILE]
+                                       [--baseline OTHER/src]
+
+``--baseline`` adds ``fastjob --version`` and ``fastjob run -j2 -- true``
+of another checkout (its ``src`` directory, put first on PYTHONPATH and
+started through a copy of pip's console-script wrapper) to the same
+alternated rounds: before/after figures from one run.  E.g.::
+
+    mkdir /tmp/base && git archive BASE_COMMIT src | tar -x -C /tmp/base
+    cp src/_fastjob*.so /tmp/base/src/     # the same native core
+    python benchmarks/bench_startup.py --baseline /tmp/base/src
 """
 
 from __future__ import annotations
@@ -57,7 +67,18 @@ def fastjob_script() -> str:
     return found
 
 
-def contenders() -> list[tuple[str, list[str]]]:
+#: the console script pip writes (bin/fastjob), run with any checkout's fastjob
+WRAPPER = """\
+import re
+import sys
+from fastjob.cli import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
+"""
+
+
+def contenders(baseline: Path | None = None) -> list[tuple[str, list[str]]]:
     fj = fastjob_script()
     out = [
         ("python -c pass", [PY, "-c", "pass"]),
@@ -67,6 +88,11 @@ def contenders() -> list[tuple[str, list[str]]]:
         ("fastjob --version", [fj, "--version"]),
         ("fastjob run -j2 -- true", [fj, "run", "-j2", "--", "true"]),
     ]
+    if baseline is not None:
+        wrapper = baseline / "_bench_fastjob_wrapper.py"
+        wrapper.write_text(WRAPPER)
+        out.append(("baseline: fastjob --version", [PY, str(wrapper), "--version"]))
+        out.append(("baseline: fastjob run -j2 -- true", [PY, str(wrapper), "run", "-j2", "--", "true"]))
     make = shutil.which("make")
     if make is not None:
         out.append(("make -f /dev/null", [make, "-f", "/dev/null"]))
@@ -91,8 +117,8 @@ def once(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     return wall, usage.ru_utime + usage.ru_stime, os.waitstatus_to_exitcode(status)
 
 
-def compile_package() -> None:
-    subprocess.run([PY, "-m", "compileall", "-q", str(SRC / "fastjob")], check=True)
+def compile_package(src: Path) -> None:
+    subprocess.run([PY, "-m", "compileall", "-q", str(src / "fastjob")], check=True)
 
 
 def main() -> None:
@@ -100,23 +126,32 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--impl", choices=("native", "pure"), default="native")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--baseline", metavar="SRC", type=Path, help="another checkout's src directory")
     args = ap.parse_args()
 
-    compile_package()
+    compile_package(SRC)
+    if args.baseline is not None:
+        compile_package(args.baseline)
     env = impl_env(args.impl)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop("PYTHONPROFILEIMPORTTIME", None)
     env.pop("FASTJOB_CONTROL", None)
-    cs = contenders()
+    cs = contenders(args.baseline)
+    base_env = dict(env)
+    if args.baseline is not None:
+        base_env["PYTHONPATH"] = str(args.baseline.resolve())
     wall: dict[str, list[float]] = {name: [] for name, _ in cs}
     cpu: dict[str, list[float]] = {name: [] for name, _ in cs}
+    def env_of(name: str) -> dict[str, str]:
+        return base_env if name.startswith("baseline: ") else env
+
     for name, argv in cs:  # warm-up: page cache, the .pyc files
-        once(argv, env)
+        once(argv, env_of(name))
     expected = {"make -f /dev/null": 2}  # make: "No targets.  Stop."
     for r in range(args.rounds):
         k = r % len(cs)
         for name, argv in cs[k:] + cs[:k]:
-            w, c, status = once(argv, env)
+            w, c, status = once(argv, env_of(name))
             if status != expected.get(name, 0):
                 sys.exit(f"bench_startup: {name!r} exited {status}")
             wall[name].append(w * 1e3)
@@ -143,6 +178,9 @@ def main() -> None:
         ["command", "wall ms", "wall q1-q3", "CPU ms", "/ python -c pass", "/ make"], rows
     ))
     print()
+    if args.baseline is not None:
+        for what in ("fastjob --version", "fastjob run -j2 -- true"):
+            print(f"{what}: this checkout / baseline = {med[what] / med['baseline: ' + what]:.2f}x")
     print(
         f"import fastjob minus python -c pass (paired, per round): "
         f"wall {summary(diffs)['median']:.1f} ms, CPU {summary(cpu_diffs)['median']:.1f} ms"
@@ -155,6 +193,7 @@ def main() -> None:
             "wall_ms": {name: summary(xs) for name, xs in wall.items()},
             "cpu_ms": {name: summary(xs) for name, xs in cpu.items()},
             "import_minus_pass_ms": {"wall": summary(diffs), "cpu": summary(cpu_diffs)},
+            "baseline": str(args.baseline) if args.baseline else None,
         }
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
 
