@@ -214,3 +214,19 @@ def test_the_quick_exit_waits_for_a_running_thread() -> None:
 def test_the_quick_exit_keeps_the_commands_status() -> None:
     r = _console("", "run", "-j2", "--", "sh", "-c", "exit 7")
     assert r.returncode == 7
+
+
+@pytest.mark.parametrize("fd", [1, 2])
+def test_fastjob_run_started_without_stdout_or_stderr(fd: int) -> None:
+    """sys.stdout / sys.stderr are None when fd 1 / 2 was closed at start:
+    the quick exit must not trip over that."""
+    def close_it() -> None:
+        os.close(fd)
+
+    keep = subprocess.PIPE
+    r = subprocess.run(
+        [*FASTJOB, "run", "-j2", "--", "sh", "-c", "exit 4"],
+        env=clean_env(), stdout=keep, stderr=keep, timeout=TIMEOUT, preexec_fn=close_it,
+    )
+    assert r.returncode == 4
+    assert b"Traceback" not in (r.stderr or b"") + (r.stdout or b"")

@@ -744,22 +744,24 @@ def _exit_now(status: int) -> None:
     flush fails (the interpreter reports that and exits 120)."""
     import threading
 
-    if threading.active_count() != 1:
-        return
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
+    if threading.active_count() != 1 or not _flushed():
         return
     import atexit
 
     atexit._run_exitfuncs()  # they run once: the list is empty afterwards
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    _flushed()
     os._exit(status & 0xFF)
+
+
+def _flushed() -> bool:
+    """Flush stdout and stderr (None when fastjob started without them)."""
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _run_command(cmd: str, ns: Any, groups: list[tuple[str, list[str]]] | None = None) -> int:
