@@ -230,3 +230,14 @@ def test_fastjob_run_started_without_stdout_or_stderr(fd: int) -> None:
     )
     assert r.returncode == 4
     assert b"Traceback" not in (r.stderr or b"") + (r.stdout or b"")
+
+
+def test_command_not_found_without_stderr_is_still_127() -> None:
+    def close_stderr() -> None:
+        os.close(2)
+
+    r = subprocess.run(
+        [*FASTJOB, "run", "-j2", "--", "no-such-command-fastjob"],
+        env=clean_env(), stdout=subprocess.PIPE, timeout=TIMEOUT, preexec_fn=close_stderr,
+    )
+    assert r.returncode == 127

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 
 def warn(message: str) -> None:
-    """One line on stderr, prefixed like every fastjob message."""
+    """One line on stderr, prefixed like every fastjob message (nothing when
+    fastjob was started with fd 2 closed: sys.stderr is None then)."""
+    if sys.stderr is None:
+        return
     sys.stderr.write(f"fastjob: {message}\n")
     sys.stderr.flush()
 
