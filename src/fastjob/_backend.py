@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 _get_running_loop: Callable[[], Any] | None = None
 

@@ -16,21 +16,29 @@ The protocol is one JSON object per line each way::
 from __future__ import annotations
 
 import errno
-import glob
-import json
 import os
 import select
-import socket
 import stat
-import struct
 import sys
-import tempfile
 import threading
-from typing import Any, Callable
 
 from ._errors import JobserverError
 
-__all__ = ["ControlError", "ControlRefused", "ControlServer", "ENV", "find_by_pid", "request"]
+# Start-up: a pool's owner (every ``fastjob run``) starts the control socket,
+# and most never get a request.  So the listening socket is a bare _socket
+# (socket.py builds enums at import), and socket, json and struct are
+# imported by the control thread when a request comes; glob and tempfile
+# only by find_by_pid.  Not typing.TYPE_CHECKING: typing stays unimported.
+import _socket  # noqa: E402
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from typing import Any, Callable
+
+__all__ = [
+    "ControlError", "ControlRefused", "ControlServer", "ENV", "find_by_pid", "private_dir", "request",
+]
 
 ENV = "FASTJOB_CONTROL"
 MAX_LINE = 4096
@@ -45,12 +53,56 @@ class ControlRefused(ControlError):
     """The owner answered, and refused the request (e.g. a bad size)."""
 
 
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's
+
+
+def private_dir(prefix: str = "fastjob-") -> str:
+    """A new 0700 directory in the temporary directory, as
+    ``tempfile.mkdtemp(prefix=prefix)`` makes it, without importing tempfile
+    (with shutil and random, milliseconds of a ``fastjob run``) in a process
+    that has not: the same candidates in the same order (TMPDIR, TEMP, TMP,
+    /tmp, /var/tmp, /usr/tmp, the current directory), the first where the
+    directory can be made.  Where tempfile is loaded already (its tempdir may
+    have been set), or nothing here works, tempfile does it."""
+    tf = sys.modules.get("tempfile")
+    if tf is None and os.name == "posix":
+        bases = [d for d in (os.getenv(v) for v in ("TMPDIR", "TEMP", "TMP")) if d]
+        bases += ["/tmp", "/var/tmp", "/usr/tmp"]
+        try:
+            bases.append(os.getcwd())
+        except OSError:
+            bases.append(os.curdir)
+        for base in bases:
+            if base != os.curdir:
+                base = os.path.abspath(base)
+            for _ in range(100):
+                n = int.from_bytes(os.urandom(6), "little")
+                name = ""
+                for _ in range(8):
+                    n, k = divmod(n, len(_NAME_CHARS))
+                    name += _NAME_CHARS[k]
+                path = os.path.join(base, prefix + name)
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    continue
+                except OSError:
+                    break  # not this directory: the next one, as tempfile does
+                return path
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix)
+
+
 def socket_name(pid: int) -> str:
     return f"control-{pid}.sock"
 
 
 def peer_uid(conn: socket.socket) -> int | None:
     """The uid of the process at the other end (None if the OS cannot say)."""
+    import socket
+    import struct
+
     if hasattr(socket, "SO_PEERCRED"):  # Linux: struct ucred {pid, uid, gid}
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
@@ -72,12 +124,12 @@ class ControlServer:
         info: Callable[[], dict[str, Any]],
         resize: Callable[[int], None],
     ) -> None:
-        if not hasattr(socket, "AF_UNIX"):
+        if not hasattr(_socket, "AF_UNIX"):
             raise JobserverError("the control socket needs AF_UNIX sockets")
         self.path = os.path.join(directory, socket_name(os.getpid()))
         self._info = info
         self._resize = resize
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         old = os.umask(0o177)  # born 0600: no window where others could connect
         try:
             self._sock.bind(self.path)
@@ -96,10 +148,13 @@ class ControlServer:
             ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [])
             if self._wake_r in ready or self._closed:
                 return
+            import socket  # the first request: not at start-up
+
             try:
-                conn, _ = self._sock.accept()
+                fd, _ = self._sock._accept()  # type: ignore[attr-defined]  # socket.accept's own call
             except OSError:
                 continue
+            conn = socket.socket(self._sock.family, self._sock.type, self._sock.proto, fileno=fd)
             with conn:
                 try:
                     self._serve(conn)
@@ -107,6 +162,8 @@ class ControlServer:
                     pass  # a client that went away or sent garbage: next one
 
     def _serve(self, conn: socket.socket) -> None:
+        import json
+
         conn.settimeout(TIMEOUT)
         line = _recv_line(conn)  # read first, so the refusal reaches the peer
         uid = peer_uid(conn)
@@ -150,6 +207,8 @@ class ControlServer:
 
 
 def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
+    import json
+
     conn.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
 
@@ -196,6 +255,9 @@ def check_socket(path: str) -> None:
 
 def request(path: str, msg: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:
     """Send one request; the owner's status dict, or ControlError."""
+    import json
+    import socket
+
     check_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -232,6 +294,9 @@ def request(path: str, msg: dict[str, Any], timeout: float = TIMEOUT) -> dict[st
 
 def find_by_pid(pid: int) -> str:
     """The control socket of the fastjob owner with process id ``pid``."""
+    import glob
+    import tempfile
+
     pattern = os.path.join(tempfile.gettempdir(), "fastjob-*", socket_name(pid))
     found = sorted(glob.glob(pattern))
     if not found:

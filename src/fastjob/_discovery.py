@@ -5,7 +5,10 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Mapping
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: nothing more is imported for annotations
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 from ._errors import (
     BadFdError,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 
 NATIVE: bool
 if os.environ.get("FASTJOB_NO_EXTENSIONS", "") not in ("", "0"):
@@ -63,15 +65,25 @@ from ._io_py import block_signals as block_signals  # noqa: E402
 from ._io_py import restore_signals as restore_signals  # noqa: E402
 
 
-class FdInfo(NamedTuple):
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _FdFields(NamedTuple):
+        mode: int
+        dev: int
+        ino: int
+        uid: int
+        fl_flags: int
+        fd_flags: int
+
+else:  # typing.NamedTuple's class, without importing typing (start-up)
+    _FdFields = namedtuple("FdInfo", ("mode", "dev", "ino", "uid", "fl_flags", "fd_flags"))
+
+
+class FdInfo(_FdFields):
     """What an fd is: file type, pipe identity, access mode and flags."""
 
-    mode: int
-    dev: int
-    ino: int
-    uid: int
-    fl_flags: int
-    fd_flags: int
+    __slots__ = ()
 
     @property
     def is_fifo(self) -> bool:

@@ -16,7 +16,9 @@ import select
 import struct
 import sys
 import time
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 if sys.platform != "win32":  # Windows has neither; its pool is a semaphore (_core/sem.py)
     import fcntl
@@ -223,7 +225,6 @@ def _libc_sigmask() -> Any:
     with every signal blocked); this costs about one C call."""
     try:
         import ctypes
-        import ctypes.util  # noqa: F401 - the fallback below
 
         try:
             # The symbols already loaded into this process (libc's among them):
@@ -231,6 +232,8 @@ def _libc_sigmask() -> Any:
             libc = ctypes.CDLL(None, use_errno=True)
             fn = libc.pthread_sigmask
         except (OSError, AttributeError):
+            import ctypes.util  # only here: it imports subprocess (start-up time)
+
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
             fn = libc.pthread_sigmask
         fill = libc.sigfillset

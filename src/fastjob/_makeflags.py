@@ -23,9 +23,12 @@ if TYPE_CHECKING:  # annotations only: keep this module cheap to import
 #: Variables that can name a jobserver, in order of preference.
 JOBSERVER_VARIABLES = ("CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS")
 
-_FD_PAIR = re.compile(r"(-?[0-9]+),(-?[0-9]+)")
+# The patterns are compiled on first use (re's cache keeps them): most
+# processes that import this module (every ``fastjob run``) parse no MAKEFLAGS,
+# and compiling them all at import cost about a millisecond.
+_FD_PAIR = r"(-?[0-9]+),(-?[0-9]+)"
 _MAX_FD = 2**31 - 1
-_FLAG_CLUSTER = re.compile(r"[A-Za-z]+")
+_FLAG_CLUSTER = r"[A-Za-z]+"
 _AUTH_OPTIONS = ("--jobserver-auth=", "--jobserver-fds=")
 
 
@@ -131,9 +134,9 @@ class ParsedFlags:
 
 # A word: escaped characters (a backslash and any next one) and characters
 # other than space, tab, newline; a backslash at the very end is literal.
-_WORD = re.compile(r"(?:[^ \t\n\\]+|\\.|\\\Z)+", re.DOTALL)
-_PLAIN_WORD = re.compile(r"[^ \t\n]+")
-_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_WORD = r"(?s)(?:[^ \t\n\\]+|\\.|\\\Z)+"
+_PLAIN_WORD = r"[^ \t\n]+"
+_ESCAPE = r"(?s)\\(.)"
 
 
 def _tokens(value: str) -> list[tuple[str, str]]:
@@ -141,9 +144,9 @@ def _tokens(value: str) -> list[tuple[str, str]]:
     spaces, tabs and newlines; a backslash escapes the next character (make
     drops the backslash before any character)."""
     if "\\" not in value:  # the usual case: nothing is escaped
-        return [(w, w) for w in _PLAIN_WORD.findall(value)]
-    unescape = _ESCAPE.sub
-    return [(w, unescape(r"\1", w) if "\\" in w else w) for w in _WORD.findall(value)]
+        return [(w, w) for w in re.findall(_PLAIN_WORD, value)]
+    unescape = re.compile(_ESCAPE).sub
+    return [(w, unescape(r"\1", w) if "\\" in w else w) for w in re.findall(_WORD, value)]
 
 
 def split_words(value: str) -> list[str]:
@@ -172,7 +175,7 @@ def scan_makeflags(value: str | bytes) -> ParsedFlags:
     flags = ""
     # make writes its single-letter flags first, without a dash ("k", "kw", "n");
     # a leading space means there were none.
-    if words and not value.startswith((" ", "\t")) and _FLAG_CLUSTER.fullmatch(words[0]):
+    if words and not value.startswith((" ", "\t")) and re.fullmatch(_FLAG_CLUSTER, words[0]):
         flags = words.pop(0)
     jobs: int | None = None
     auth_text: str | None = None
@@ -217,7 +220,7 @@ def _parse_auth(
         if not path:
             raise InvalidAuthError(f"jobserver option {text!r} names no FIFO path")
         return JobserverAuth("fifo", path=path, jobs=jobs, dry_run=dry_run, flags=flags, text=text)
-    m = _FD_PAIR.fullmatch(text)
+    m = re.fullmatch(_FD_PAIR, text)
     if m:
         r, w = int(m.group(1)), int(m.group(2))
         if r < 0 or w < 0:
@@ -316,7 +319,7 @@ def child_environment(
     return env
 
 
-_JOBS_WORD = re.compile(r"(?:-j[0-9]*|--jobs(?:=.*)?)")
+_JOBS_WORD = r"(?:-j[0-9]*|--jobs(?:=.*)?)"
 
 
 def strip_jobserver(value: str, *, parallelism: bool = False) -> str:
@@ -341,7 +344,7 @@ def strip_jobserver(value: str, *, parallelism: bool = False) -> str:
             break
         if word.startswith(_AUTH_OPTIONS):
             continue
-        if parallelism and _JOBS_WORD.fullmatch(word):
+        if parallelism and re.fullmatch(_JOBS_WORD, word):
             skip_number = word in ("-j", "--jobs")
             continue
         kept.append(raw)

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 import weakref
 from types import FrameType, TracebackType
-from typing import Any
 
 from . import _io
 from ._errors import JobserverError, TokenLeakWarning, UnsupportedPlatformError, warn_at_caller
 from ._makeflags import JobserverAuth, child_environment
 from ._core.transport import FifoTransport, PipeTransport, Transport
-from ._governor import Governor, Limits
+TYPE_CHECKING = False  # typing.TYPE_CHECKING; the governor is imported when used
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._governor import Governor, Limits
 from ._pool_size import PoolSize, ServerStatistics
+from ._control import private_dir  # tempfile.mkdtemp without importing tempfile
 from .client import Client, _live_clients
 
 __all__ = ["Server"]
@@ -71,6 +73,8 @@ class Server:
         self._transport: Transport
         self._control: Any = None
         self._governor: Governor | None = None
+        if limits is not None:
+            from ._governor import Governor, Limits
         if limits is not None and not isinstance(limits, Limits):
             raise TypeError(f"limits must be a fastjob.Limits, not {type(limits).__name__}")
         try:
@@ -145,7 +149,7 @@ class Server:
     def _make_fifo(self) -> None:
         if not hasattr(os, "mkfifo"):
             raise UnsupportedPlatformError("FIFO jobservers need POSIX mkfifo()")
-        self._dir = tempfile.mkdtemp(prefix="fastjob-")  # 0700, owned by us
+        self._dir = private_dir()  # 0700, owned by us
         self._path = os.path.join(self._dir, FIFO_NAME)
         os.mkfifo(self._path, 0o600)
         _register_cleanup(self)
@@ -215,7 +219,7 @@ class Server:
             from ._control import ControlServer
 
             if self._dir is None:
-                self._dir = tempfile.mkdtemp(prefix="fastjob-")  # 0700, owned by us
+                self._dir = private_dir()  # 0700, owned by us
                 _register_cleanup(self)
             self._control = ControlServer(self._dir, self._control_info, self.resize)
         return str(self._control.path)
@@ -440,6 +444,8 @@ def _remove_dir(path: str) -> None:
     except FileNotFoundError:
         pass
     except OSError:
+        import shutil  # only here: it imports bz2, lzma (start-up time)
+
         shutil.rmtree(path, ignore_errors=True)  # someone put more files there
 
 

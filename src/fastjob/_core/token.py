@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterator
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 from types import TracebackType
 
 from .._errors import TokenLeakWarning

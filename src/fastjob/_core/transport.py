@@ -14,7 +14,9 @@ import stat
 import sys
 import threading
 import weakref
-from typing import Final
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Final
 
 from .. import _io
 from .._errors import (

@@ -1,21 +1,30 @@
 """The ``fastjob`` command line (also ``python -m fastjob``).
 
-Argument parsing only; each subcommand's logic lives in a ``_cli_*`` module.
+Argument parsing only; each subcommand's logic lives in its own module.
 Bad input is one line on stderr and exit status 2, never a traceback.
+
+Start-up: this module imports neither argparse nor typing.  ``fastjob
+--version``, ``fastjob doctor [--json]`` and the common ``fastjob run [-j N]
+[--style S] [--trace F] [--report F] -- COMMAND`` are parsed by hand
+(:func:`parse_run_fast` gives up on anything else); argparse builds the
+parser for --help, errors and every other command line, so the messages
+stay argparse's (docs/cli.md, "Start-up").
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._version import __version__
-from .limits import add_limit_options, limits_from_args
 
+# Not typing.TYPE_CHECKING: importing typing costs more than this module.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
+
     from .parallel import Source
 
 DESCRIPTION = """\
@@ -141,14 +150,28 @@ MAX_JOBS = 1 << 20
 SEPARATORS = (":::", ":::+", "::::", "::::+")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Errors are one line: "fastjob run: error: ... (see --help)"."""
+_parser_class: type[argparse.ArgumentParser] | None = None
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+def _Parser(*args: Any, **kwargs: Any) -> argparse.ArgumentParser:
+    """An ArgumentParser whose errors are one line: "fastjob run: error: ...
+    (see --help)" (the class is made on first use: argparse is imported only
+    when a parser is built)."""
+    global _parser_class
+    if _parser_class is None:
+        import argparse
+
+        class Parser(argparse.ArgumentParser):
+            def error(self, message: str) -> NoReturn:
+                self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+        _parser_class = Parser
+    return _parser_class(*args, **kwargs)
 
 
 def _jobs(text: str) -> int:
+    import argparse
+
     try:
         n = int(text, 10)
     except ValueError:
@@ -163,6 +186,8 @@ def _jobs(text: str) -> int:
 
 
 def _count(text: str) -> int:
+    import argparse
+
     try:
         n = int(text, 10)
     except ValueError:
@@ -173,6 +198,8 @@ def _count(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
+    import argparse
+
     try:
         t = float(text)
     except ValueError:
@@ -186,6 +213,8 @@ def _seconds(text: str) -> float:
 
 
 def _halt(text: str) -> object:
+    import argparse
+
     from .parallel import parse_halt
 
     try:
@@ -195,12 +224,18 @@ def _halt(text: str) -> object:
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
+    import argparse
+
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
 
 
 def add_run_arguments(run: argparse.ArgumentParser) -> None:
     """The options of ``fastjob run`` (a function, so that other option
-    groups can be added beside them)."""
+    groups can be added beside them).  :func:`parse_run_fast` must agree
+    with them (tests/test_cli_run_parser.py compares the two)."""
+    import argparse
+
+    from .limits import add_limit_options
     run.add_argument(
         "-j", "--jobs", type=_jobs, metavar="N",
         help="create a new pool of N job slots (default: join the inherited "
@@ -229,6 +264,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
 
 def add_parallel_arguments(par: argparse.ArgumentParser) -> None:
     """The options of ``fastjob parallel``: GNU parallel's names and meanings."""
+    import argparse
+
+    from .limits import add_limit_options
     par.add_argument(
         "-j", "--jobs", type=_jobs, metavar="N",
         help="run in a new pool of N job slots (default: join the inherited "
@@ -317,7 +355,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"fastjob {__version__}")
     sub = p.add_subparsers(
-        dest="cmd", metavar="COMMAND", title="commands", parser_class=_Parser
+        dest="cmd", metavar="COMMAND", title="commands", parser_class=type(p)
     )
     run = sub.add_parser(
         "run",
@@ -385,7 +423,111 @@ def _fail(prog: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _cmd_run(ns: argparse.Namespace) -> int:
+class RunArgs:
+    """What :func:`parse_run_fast` read: the attributes of argparse's
+    Namespace that ``fastjob run`` uses (no limit option: those go through
+    argparse)."""
+
+    __slots__ = ("command", "jobs", "report", "style", "trace")
+
+    def __init__(self) -> None:
+        self.jobs: int | None = None
+        self.style: str | None = None
+        self.trace: str | None = None
+        self.report: str | None = None
+        self.command: list[str] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"RunArgs(jobs={self.jobs!r}, style={self.style!r}, trace={self.trace!r}, "
+            f"report={self.report!r}, command={self.command!r})"
+        )
+
+
+#: ``fastjob run``'s options that take a value, as parse_run_fast reads them
+_RUN_VALUED = {"-j": "jobs", "--jobs": "jobs", "--style": "style", "--trace": "trace", "--report": "report"}
+
+
+#: every long option of ``fastjob`` and of ``fastjob run`` (argparse accepts
+#: their unambiguous prefixes)
+_LONG_OPTIONS = (
+    "--help", "--version", "--jobs", "--style", "--trace", "--report", "--load-average",
+    "--min-free-memory", "--max-pressure",
+)
+
+
+def _may_abbreviate(word: str) -> bool:
+    """True if argparse may take ``word`` ("--name" or "--name=value") for
+    one of the long options or an abbreviation of some."""
+    name = word.partition("=")[0]
+    return any(option.startswith(name) for option in _LONG_OPTIONS)
+
+
+def parse_run_fast(args: Sequence[str]) -> RunArgs | None:
+    """``fastjob run``'s arguments (after "run") read without argparse, for
+    the common command lines: ``-j N`` / ``-jN`` / ``--jobs[=]N``,
+    ``--style[=]pipe|fifo``, ``--trace[=]FILE``, ``--report[=]FILE``, then
+    ``--`` or the first word not starting with "-", then COMMAND.
+
+    Returns None for anything else (an abbreviation, a limit option, --help,
+    a value starting with "-", a bad value, no COMMAND ...): the caller then
+    asks argparse, which gives its usual result or error.  When this returns
+    arguments they are exactly argparse's (tests compare the two)."""
+    out = RunArgs()
+    i = 0
+    n = len(args)
+    while i < n:
+        word = args[i]
+        if word == "--" or (word and word[0] != "-"):
+            out.command = list(args[i:])  # as argparse's REMAINDER: with the "--"
+            first = i + 1 if word == "--" else i
+            if first == n or not args[first]:
+                return None  # no COMMAND, or an empty one: argparse's path says so
+            if word != "--":
+                # argparse reads every word up to a "--" as a possible option,
+                # also COMMAND's: "fastjob run make --m" fails ("ambiguous
+                # option"), so such words are argparse's to judge
+                for later in args[i + 1 :]:
+                    if later == "--":
+                        break
+                    if later.startswith("--") and _may_abbreviate(later):
+                        return None
+            return out
+        if word.startswith("-j") and "=" not in word and len(word) > 2:
+            key, value = "jobs", word[2:]
+        else:
+            name, eq, value = word.partition("=")
+            key = _RUN_VALUED.get(name, "")
+            if not key or (eq and name == "-j"):
+                return None
+            if not eq:
+                i += 1
+                if i == n:
+                    return None
+                value = args[i]
+                if not value or value[0] == "-":
+                    return None  # argparse's reading of such a word is subtle
+        if key == "jobs":
+            try:
+                jobs = int(value, 10)
+            except ValueError:
+                return None
+            if not 1 <= jobs <= MAX_JOBS:
+                return None
+            out.jobs = jobs
+        elif key == "style":
+            if value not in ("pipe", "fifo"):
+                return None
+            out.style = value
+        elif key == "trace":
+            out.trace = value
+        else:
+            out.report = value
+        i += 1
+    return None  # no COMMAND
+
+
+def _cmd_run(ns: argparse.Namespace | RunArgs) -> int:
     command = list(ns.command)
     if command and command[0] == "--":
         command = command[1:]
@@ -405,7 +547,12 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             started=[lambda pid, pool: tracer.start(pool, implicit=True)],
             stopped=[lambda pid, status: tracer.stop()],
         )
-    return run(command, ns.jobs, ns.style, hooks=hooks, limits=limits_from_args(ns))
+    limits = None
+    if not isinstance(ns, RunArgs):  # the fast parser takes no limit option
+        from .limits import limits_from_args
+
+        limits = limits_from_args(ns)
+    return run(command, ns.jobs, ns.style, hooks=hooks, limits=limits)
 
 
 def _cmd_doctor(ns: argparse.Namespace) -> int:
@@ -494,6 +641,8 @@ def _cmd_parallel(ns: argparse.Namespace, groups: list[tuple[str, list[str]]]) -
         except OSError as exc:
             _fail("fastjob parallel", f"cannot write --joblog {ns.joblog}: {exc.strerror}")
     spec.progress = ns.progress if ns.progress is not None else os.isatty(2)
+    from .limits import limits_from_args
+
     spec.limits = limits_from_args(ns)
     if ns.trace or ns.report:
         from .tracing import CliTrace
@@ -557,10 +706,20 @@ def _cmd_threads(ns: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastjob`` console script; returns the exit status."""
+    console = argv is None  # the console script or python -m fastjob, not a caller's test
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--version"]:  # without building the parser: a start-up check
         sys.stdout.write(f"fastjob {__version__}\n")
         return 0
+    if argv and argv[0] == "run":
+        fast = parse_run_fast(argv[1:])
+        if fast is not None:
+            status = _run_command("run", fast)
+            if console:
+                _exit_now(status)
+            return status
+    elif argv == ["doctor"] or argv == ["doctor", "--json"]:
+        return _run_command("doctor", len(argv) == 2)
     groups: list[tuple[str, list[str]]] = []
     if argv and argv[0] == "parallel":
         argv, groups = split_sources(argv)
@@ -573,26 +732,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(prog, f"{what} option {extra[0]!r}")
     if ns.cmd is None:
         parser.error("a command is required: run, doctor, parallel, threads, status or resize")
+    return _run_command(ns.cmd, ns, groups)
+
+
+def _exit_now(status: int) -> None:
+    """End ``fastjob run`` at once: atexit handlers run and stdout/stderr are
+    flushed as at a normal exit, but the interpreter's teardown (freeing
+    every module and object: milliseconds, a sixth of a ``fastjob run -- true``)
+    is skipped with os._exit.  Returns, for the normal exit, when a thread
+    other than this one still runs (the interpreter would wait for it) or a
+    flush fails (the interpreter reports that and exits 120)."""
+    import threading
+
+    if threading.active_count() != 1 or not _flushed():
+        return
+    import atexit
+
+    atexit._run_exitfuncs()  # they run once: the list is empty afterwards
+    _flushed()
+    os._exit(status & 0xFF)
+
+
+def _flushed() -> bool:
+    """Flush stdout and stderr (None when fastjob started without them)."""
     try:
-        if ns.cmd == "run":
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _run_command(cmd: str, ns: Any, groups: list[tuple[str, list[str]]] | None = None) -> int:
+    """Run subcommand ``cmd`` with its parsed arguments (argparse's
+    Namespace; a RunArgs for the fast ``run``; the --json flag for the fast
+    ``doctor``); the errors every command shares become one line."""
+    try:
+        if cmd == "run":
             return _cmd_run(ns)
-        if ns.cmd in ("status", "resize"):
+        if cmd == "doctor" and isinstance(ns, bool):
+            from .doctor import doctor
+
+            return doctor(as_json=ns)
+        if cmd in ("status", "resize"):
             from . import status
 
-            if ns.cmd == "status":
+            if cmd == "status":
                 return status.status(as_json=ns.json, pid=ns.pid)
             return status.resize(ns.jobs, pid=ns.pid)
-        if ns.cmd == "doctor":
+        if cmd == "doctor":
             return _cmd_doctor(ns)
-        if ns.cmd == "threads":
+        if cmd == "threads":
             return _cmd_threads(ns)
-        return _cmd_parallel(ns, groups)
+        return _cmd_parallel(ns, groups or [])
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 1
     except (OSError, ValueError) as exc:
-        sys.stderr.write(f"fastjob {ns.cmd}: error: {exc}\n")
+        sys.stderr.write(f"fastjob {cmd}: error: {exc}\n")
         return 1
 
 

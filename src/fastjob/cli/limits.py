@@ -4,15 +4,25 @@ memory=PCT,cpu=PCT``."""
 
 from __future__ import annotations
 
-import argparse
+# Not typing.TYPE_CHECKING: typing is not imported on fastjob run's path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
-from .._governor import Limits, parse_size
+    from .._governor import Limits
+
+# argparse and the governor are imported only when an option is parsed or a
+# limit is given: ``fastjob run -j8 -- make`` needs neither.
 
 __all__ = ["add_limit_options", "limits_from_args", "parse_pressure", "size_arg"]
 
 
 def size_arg(text: str) -> int:
     """argparse type: bytes or '4G' / '512M' / '1.5GiB'."""
+    import argparse
+
+    from .._governor import parse_size
+
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -20,6 +30,8 @@ def size_arg(text: str) -> int:
 
 
 def _pct(text: str, what: str) -> float:
+    import argparse
+
     try:
         v = float(text.rstrip("%"))
     except ValueError:
@@ -31,6 +43,8 @@ def _pct(text: str, what: str) -> float:
 
 def parse_pressure(text: str) -> dict[str, float]:
     """'memory=20,cpu=80' -> {'memory': 20.0, 'cpu': 80.0} (either may be left out)."""
+    import argparse
+
     out: dict[str, float] = {}
     for part in text.split(","):
         key, eq, value = part.strip().partition("=")
@@ -46,6 +60,8 @@ def parse_pressure(text: str) -> dict[str, float]:
 
 
 def _load(text: str) -> float:
+    import argparse
+
     try:
         v = float(text)
     except ValueError:
@@ -80,9 +96,15 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
 def limits_from_args(args: argparse.Namespace) -> Limits | None:
     """The Limits the options ask for, or None when none is given."""
     pressure: dict[str, float] = getattr(args, "max_pressure", None) or {}
+    load = getattr(args, "load_average", None)
+    memory = getattr(args, "min_free_memory", None)
+    if load is None and memory is None and not pressure:
+        return None  # without importing the governor
+    from .._governor import Limits
+
     limits = Limits(
-        load_average=getattr(args, "load_average", None),
-        min_free_memory=getattr(args, "min_free_memory", None),
+        load_average=load,
+        min_free_memory=memory,
         max_memory_pressure=pressure.get("memory"),
         max_cpu_pressure=pressure.get("cpu"),
     )

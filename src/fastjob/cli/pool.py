@@ -6,31 +6,59 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 from .._discovery import find_jobserver, inspect_env, usable_jobserver
 from .._errors import InvalidAuthError, JobserverError
 from .._makeflags import JOBSERVER_VARIABLES, scan_makeflags
-from ..client import Client
-from .._governor import Limits
 from ..server import Server
+
+# Not typing.TYPE_CHECKING: typing and the governor stay off fastjob run's path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .._governor import Limits
+    from ..client import Client
 
 
 def warn(message: str) -> None:
-    """One line on stderr, prefixed like every fastjob message."""
+    """One line on stderr, prefixed like every fastjob message (nothing when
+    fastjob was started with fd 2 closed: sys.stderr is None then)."""
+    if sys.stderr is None:
+        return
     sys.stderr.write(f"fastjob: {message}\n")
     sys.stderr.flush()
 
 
-@dataclass
 class Pool:
-    """Where the commands get their tokens, and how a child joins."""
+    """Where the commands get their tokens, and how a child joins.
 
-    client: Client
-    server: Server | None
-    env: dict[str, str]
-    pass_fds: tuple[int, ...]
+    (A plain class with a dataclass's ``__init__``, ``__repr__`` and
+    ``__eq__``: dataclasses costs milliseconds at start-up.)"""
+
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value, as a dataclass
+
+    def __init__(
+        self, client: Client, server: Server | None, env: dict[str, str], pass_fds: tuple[int, ...]
+    ) -> None:
+        self.client = client
+        self.server = server
+        self.env = env
+        self.pass_fds = pass_fds
+
+    def __repr__(self) -> str:
+        return (
+            f"Pool(client={self.client!r}, server={self.server!r}, env={self.env!r}, "
+            f"pass_fds={self.pass_fds!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Pool)
+        return (self.client, self.server, self.env, self.pass_fds) == (
+            other.client, other.server, other.env, other.pass_fds
+        )
 
     @property
     def joined(self) -> bool:

@@ -12,16 +12,23 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from types import FrameType
-from typing import Any
 
-from .._governor import Limits
-from .pool import Pool, open_pool, warn
+from .pool import open_pool, warn
+
+# Not typing.TYPE_CHECKING: neither typing nor subprocess (nor contextlib, nor
+# the governor) is imported on fastjob run's path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable, Sequence
+    from contextlib import AbstractContextManager
+    from types import FrameType
+    from typing import Any
+
+    from .._governor import Limits
+    from .pool import Pool
 
 FORWARDED = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -72,11 +79,23 @@ def _set_foreground(fd: int, pgid: int) -> None:
         signal.signal(signal.SIGTTOU, old)
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> int:
-    """Wait for the command.  It runs in its own process group, which is not
-    the terminal's foreground group: if it stops to read from (or configure)
-    the terminal, it is given the terminal and continued; fastjob takes the
-    terminal back when it exits."""
+class _Child:
+    """The command: its pid (also its process group's id), and the Popen
+    object where it was started by subprocess (no posix_spawn here)."""
+
+    __slots__ = ("pid", "popen")
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.popen = popen
+
+
+def _wait(proc: _Child) -> int:
+    """Wait for the command; its returncode as Popen gives it (-N for signal
+    N).  It runs in its own process group, which is not the terminal's
+    foreground group: if it stops to read from (or configure) the terminal,
+    it is given the terminal and continued; fastjob takes the terminal back
+    when it exits."""
     tty = _terminal_fd()
     handed = False
     try:
@@ -84,7 +103,8 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
             try:
                 _, wstatus = os.waitpid(proc.pid, os.WUNTRACED)
             except ChildProcessError:
-                return proc.wait()
+                # reaped elsewhere: Popen.wait() says 0 then
+                return proc.popen.wait() if proc.popen is not None else 0
             if os.WIFSTOPPED(wstatus):
                 if (
                     tty is not None
@@ -98,22 +118,103 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
                     except ProcessLookupError:
                         pass
                 continue  # other stops (SIGSTOP, Ctrl-Z) are the user's business
-            proc.returncode = os.waitstatus_to_exitcode(wstatus)
-            return proc.returncode
+            code = os.waitstatus_to_exitcode(wstatus)
+            if proc.popen is not None:
+                proc.popen.returncode = code
+            return code
     finally:
         if handed and tty is not None:
             _set_foreground(tty, os.getpgrp())
 
 
-def _spawn(
-    command: Sequence[str], env: dict[str, str], pass_fds: tuple[int, ...]
-) -> subprocess.Popen[bytes]:
-    group: dict[str, Any] = (
-        {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-    )
-    return subprocess.Popen(
-        list(command), env=env, pass_fds=pass_fds, restore_signals=True, **group
-    )
+#: posix_spawn where the fds to close can be listed (/proc/self/fd); else
+#: subprocess.Popen, as before.
+_POSIX_SPAWN = sys.platform.startswith("linux") and hasattr(os, "posix_spawn")
+
+
+def _spawn(command: Sequence[str], env: dict[str, str], pass_fds: tuple[int, ...]) -> _Child:
+    """Start ``command`` in a process group of its own, as
+    ``subprocess.Popen(command, env=env, pass_fds=pass_fds,
+    restore_signals=True, process_group=0)`` does (``start_new_session``
+    before Python 3.11), without importing subprocess: ``os.posix_spawn``
+    (a vfork-style clone), the program searched for in ``env``'s PATH,
+    SIGPIPE and SIGXFSZ at their defaults, inheritable fds other than
+    ``pass_fds`` closed.  OSError as Popen raises it (ENOENT: not found)."""
+    if not _POSIX_SPAWN:
+        import subprocess
+
+        group: dict[str, Any] = (
+            {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+        )
+        popen = subprocess.Popen(
+            list(command), env=env, pass_fds=pass_fds, restore_signals=True, **group
+        )
+        return _Child(popen.pid, popen)
+    argv = list(command)
+    keep = set(pass_fds)
+    actions = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd not in keep]
+    made = [fd for fd in keep if not os.get_inheritable(fd)]
+    for fd in made:
+        os.set_inheritable(fd, True)
+    try:
+        sigdef = [signal.SIGPIPE, signal.SIGXFSZ]
+        session = sys.version_info < (3, 11)
+        error: OSError | None = None
+        last: OSError | None = None
+        for path in _candidates(argv[0], env):
+            try:
+                if session:
+                    pid = os.posix_spawn(path, argv, env, file_actions=actions, setsid=True, setsigdef=sigdef)
+                else:
+                    pid = os.posix_spawn(path, argv, env, file_actions=actions, setpgroup=0, setsigdef=sigdef)
+                return _Child(pid)
+            except OSError as exc:
+                # as subprocess: the first error other than "not there" wins
+                last = exc
+                if error is None and exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    error = exc
+        assert last is not None
+        raise error or last
+    finally:
+        for fd in made:
+            os.set_inheritable(fd, False)
+
+
+def _candidates(name: str, env: dict[str, str]) -> list[str]:
+    """The paths subprocess would try for program ``name``: itself when it
+    has a directory part, else each directory of ``env``'s PATH; a path that
+    cannot exist (ENOENT, ENOTDIR) is left out unless it is the last one, to
+    spare a spawn for each empty PATH directory."""
+    if os.path.dirname(name):
+        return [name]
+    paths = [os.path.join(d, name) for d in os.get_exec_path(env)]
+    out = []
+    for path in paths[:-1]:
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+        out.append(path)
+    if paths:
+        out.append(paths[-1])
+    return out or [name]
+
+
+def _inheritable_fds() -> list[int]:
+    """fds above 2 this process has that a child would inherit (its parent
+    left them inheritable: make's pool in a ``+`` recipe, say); subprocess's
+    close_fds=True closes them in the child."""
+    found = []
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    found.append(fd)
+            except OSError:
+                continue  # the listing's own fd, closed by now
+    return found
 
 
 class _Stopped(Exception):
@@ -140,7 +241,7 @@ def run(
     the command's environment; it is left after the command was reaped and
     before the pool is accounted for (``fastjob threads`` holds its slots so)."""
     pending: list[int] = []
-    child: list[subprocess.Popen[bytes]] = []
+    child: list[_Child] = []
     last_sent: dict[int, float] = {}
     waiting = [False]
 
@@ -202,7 +303,7 @@ def _run_in(
     command: Sequence[str],
     pool: Pool,
     env: dict[str, str],
-    child: list[subprocess.Popen[bytes]],
+    child: list[_Child],
     pending: list[int],
     forward: Callable[[int, FrameType | None], None],
     hooks: RunHooks | None,
