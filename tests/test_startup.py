@@ -97,3 +97,21 @@ def test_doctor_takes_no_argparse() -> None:
     mods = loaded(_script_argv("doctor"), status=2)  # 2: no jobserver here
     assert "fastjob.cli.doctor" in mods
     assert not mods & {"argparse", "asyncio", "anyio", "subprocess"}
+
+
+def test_statistics_are_frozen_dataclasses_loaded_on_demand() -> None:
+    """DESIGN.md: statistics() returns frozen dataclasses; dataclasses is
+    imported only when a snapshot is taken, not by ``import fastjob``."""
+    import dataclasses
+
+    import fastjob
+
+    with fastjob.Server(2) as server:
+        for snap in (server.client.statistics(), server.statistics()):
+            assert dataclasses.is_dataclass(snap)
+            assert dataclasses.asdict(snap) == {f.name: getattr(snap, f.name) for f in dataclasses.fields(snap)}
+            first = dataclasses.fields(snap)[0].name
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(snap, first, 0)
+        assert isinstance(server.statistics(), fastjob.ServerStatistics)
+        assert isinstance(server.client.statistics(), fastjob.client.ClientStatistics)

@@ -36,10 +36,10 @@ if TYPE_CHECKING:
 
     from ._discovery import connect, from_env
     from ._governor import Limits
-    from ._pool_size import ServerStatistics
     from ._io import NATIVE
     from ._makeflags import JobserverAuth, format_makeflags, parse_makeflags
-    from .client import Client, ClientStatistics, Token, TokenSet
+    from ._statistics import ClientStatistics, ServerStatistics
+    from .client import Client, Token, TokenSet
     from .group import JobGroup
     from .process import open_process, run_process
     from .server import Server
@@ -53,7 +53,7 @@ _LAZY: dict[str, str] = {
     "format_makeflags": "._makeflags",
     "parse_makeflags": "._makeflags",
     "Client": ".client",
-    "ClientStatistics": ".client",
+    "ClientStatistics": "._statistics",
     "Token": ".client",
     "TokenSet": ".client",
     "JobGroup": ".group",
@@ -61,7 +61,7 @@ _LAZY: dict[str, str] = {
     "run_process": ".process",
     "Server": ".server",
     "Limits": "._governor",
-    "ServerStatistics": "._pool_size",
+    "ServerStatistics": "._statistics",
 }
 del TYPE_CHECKING
 

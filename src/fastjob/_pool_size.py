@@ -32,68 +32,11 @@ from . import _io
 from ._core.transport import Transport
 from ._errors import JobserverError, UnsupportedPlatformError
 
-__all__ = ["PoolSize", "ServerStatistics"]
+__all__ = ["PoolSize"]
 
 #: Longest a settle thread sleeps in poll() before it looks again (it is also
 #: woken through its pipe whenever the target changes).
 SETTLE_POLL = 0.25
-
-
-class ServerStatistics:
-    """A snapshot of a Server's pool (see :meth:`fastjob.Server.statistics`).
-
-    ``jobs``: the size asked for (``Server(jobs)`` or the last ``resize``);
-    ``effective``: the size allowed right now (at most ``jobs``, lowered by
-    the limits); ``free``: tokens in the pool now (None if unknowable);
-    ``withheld``: tokens the server holds out of circulation; ``limited_by``:
-    the limits holding slots back now ("load", "memory", "memory-pressure",
-    "cpu-pressure"), empty when none does.
-
-    Frozen, compared and hashed by value, with a dataclass's repr: a plain
-    class with ``__slots__`` (importing dataclasses costs milliseconds of
-    every ``fastjob run``'s start-up).
-    """
-    __slots__ = ("jobs", "effective", "free", "withheld", "limited_by")
-    __match_args__ = ("jobs", "effective", "free", "withheld", "limited_by")
-
-    jobs: int
-    effective: int
-    free: int | None
-    withheld: int
-    limited_by: tuple[str, ...]
-
-    def __init__(self, jobs: int, effective: int, free: int | None, withheld: int, limited_by: tuple[str, ...]) -> None:
-        init = object.__setattr__  # frozen: bypass our __setattr__
-        init(self, "jobs", jobs)
-        init(self, "effective", effective)
-        init(self, "free", free)
-        init(self, "withheld", withheld)
-        init(self, "limited_by", limited_by)
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, f) for f in self.__slots__)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: ServerStatistics is frozen")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: ServerStatistics is frozen")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, ServerStatistics)
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
-        return f"ServerStatistics({fields})"
-
-    def __reduce__(self) -> tuple[type[ServerStatistics], tuple[object, ...]]:
-        return (ServerStatistics, self._fields())  # pickle/copy without __setattr__
 
 
 class PoolSize:

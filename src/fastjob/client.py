@@ -45,7 +45,19 @@ if TYPE_CHECKING:
 
     import anyio
 
+    from ._statistics import ClientStatistics
+
 __all__ = ["Client", "ClientStatistics", "Token", "TokenSet"]
+
+
+def __getattr__(name: str) -> object:
+    # ClientStatistics lives in _statistics (dataclasses is imported only
+    # when a snapshot is taken); this keeps fastjob.client.ClientStatistics.
+    if name == "ClientStatistics":
+        from ._statistics import ClientStatistics
+
+        return ClientStatistics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _fork_generation = 0
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -69,55 +81,6 @@ def _wake_up_pipe(what: str) -> tuple[int, int]:
     os.set_blocking(r, False)
     os.set_blocking(w, False)
     return r, w
-
-
-class ClientStatistics:
-    """A snapshot of one client's state (see :meth:`Client.statistics`).
-
-    Frozen, compared and hashed by value, with a dataclass's repr: a plain
-    class with ``__slots__`` (importing dataclasses costs milliseconds of
-    every ``fastjob run``'s start-up)."""
-    __slots__ = ("tokens_held", "implicit_held", "tasks_waiting", "tokens_acquired", "wait_strategy")
-    __match_args__ = ("tokens_held", "implicit_held", "tasks_waiting", "tokens_acquired", "wait_strategy")
-
-    tokens_held: int
-    implicit_held: bool
-    tasks_waiting: int
-    tokens_acquired: int
-    wait_strategy: str
-
-    def __init__(self, tokens_held: int, implicit_held: bool, tasks_waiting: int, tokens_acquired: int, wait_strategy: str) -> None:
-        init = object.__setattr__  # frozen: bypass our __setattr__
-        init(self, "tokens_held", tokens_held)
-        init(self, "implicit_held", implicit_held)
-        init(self, "tasks_waiting", tasks_waiting)
-        init(self, "tokens_acquired", tokens_acquired)
-        init(self, "wait_strategy", wait_strategy)
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, f) for f in self.__slots__)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: ClientStatistics is frozen")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: ClientStatistics is frozen")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, ClientStatistics)
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
-        return f"ClientStatistics({fields})"
-
-    def __reduce__(self) -> tuple[type[ClientStatistics], tuple[object, ...]]:
-        return (ClientStatistics, self._fields())  # pickle/copy without __setattr__
 
 
 def _check_timeout(timeout: object) -> float | None:
@@ -963,8 +926,9 @@ class Client:
         """The pool's -j number when known."""
         return self._jobs
 
-    def statistics(self) -> ClientStatistics:
-        """Tokens held, implicit held, tasks waiting, total acquired, strategy."""
+    def _settle(self) -> None:
+        """Record a byte a signal left unrecorded and drop vanished waiters,
+        so that the core's counts are exact."""
         self._core.flush()
         old = _block_signals()
         try:
@@ -972,6 +936,17 @@ class Client:
                 self._sweep()
         finally:
             _restore_signals(old)
+
+    def _pool_tokens_held(self) -> int:
+        """Pool tokens (not the implicit one) this client holds now."""
+        self._settle()
+        return int(self._core.held)
+
+    def statistics(self) -> ClientStatistics:
+        """Tokens held, implicit held, tasks waiting, total acquired, strategy."""
+        from ._statistics import ClientStatistics
+
+        self._settle()
         with self._lock:
             core = self._core
             implicit_held = self._owns_implicit and not core.implicit_free and not self._closed

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._governor import Governor, Limits
-from ._pool_size import PoolSize, ServerStatistics
+    from ._statistics import ServerStatistics
+from ._pool_size import PoolSize
 from ._control import private_dir  # tempfile.mkdtemp without importing tempfile
 from .client import Client, _live_clients
 
@@ -203,6 +204,8 @@ class Server:
         err = self._size.error or (self._governor.error if self._governor else None)
         if err is not None:
             raise JobserverError(f"the pool's resize or governor thread failed: {err!r}")
+        from ._statistics import ServerStatistics
+
         return ServerStatistics(
             jobs=self.jobs,
             effective=self._size.effective,
@@ -303,8 +306,7 @@ class Server:
         n = 0
         for c in list(_live_clients):
             if c._pool_key == key and not c.closed:
-                s = c.statistics()
-                n += s.tokens_held - int(s.implicit_held)
+                n += c._pool_tokens_held()
         return n
 
     def reconcile(self) -> int:
