@@ -5,6 +5,7 @@ measures those).  Each module named here costs milliseconds of every run."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -115,3 +116,23 @@ def test_statistics_are_frozen_dataclasses_loaded_on_demand() -> None:
                 setattr(snap, first, 0)
         assert isinstance(server.statistics(), fastjob.ServerStatistics)
         assert isinstance(server.client.statistics(), fastjob.client.ClientStatistics)
+
+
+def test_rustc_wrapper_passing_a_query_through_loads_no_argparse_json_or_subprocess(tmp_path: Path) -> None:
+    """The wrapper runs once per rustc call cargo makes; a query (-vV) is
+    handed straight to rustc (here a stand-in that prints its argv)."""
+    fake = tmp_path / "rustc"
+    fake.write_text("#!/bin/sh\necho rustc-args: \"$@\"\n")
+    fake.chmod(0o755)
+    code = (
+        "import sys, atexit\n"
+        "from fastjob.cli import rustc_wrapper\n"
+        "import os\n"
+        "heavy = sorted({'argparse', 'json', 'subprocess', 'asyncio', 'anyio', 'dataclasses'} & set(sys.modules))\n"
+        "os.write(2, ('heavy=' + ','.join(heavy) + '\\n').encode())\n"
+        f"rustc_wrapper.main([{str(fake)!r}, '-vV'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert "heavy=\n" in r.stderr, r.stderr
+    assert r.stdout.strip() == "rustc-args: -vV"

@@ -19,13 +19,14 @@ invocations that already say ``-Zthreads``, no usable jobserver.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: this runs per rustc call
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import NoReturn
 
 PROBE_CACHE_VERSION = 1
 _QUERY_FLAGS = ("-vV", "-V", "--version", "--print", "-h", "--help")
@@ -50,6 +51,8 @@ class Decision:
         self.args = args
 
     def as_json(self) -> str:
+        import json
+
         return json.dumps(
             {
                 "pid": os.getpid(),
@@ -122,6 +125,9 @@ def _toolchain_key(rustc: str, env: Mapping[str, str]) -> str:
 def accepts_threads(rustc: str, env: Mapping[str, str]) -> bool:
     """Whether this toolchain accepts ``-Zthreads``: probed once
     (``rustc -Zthreads=2 -vV``) and cached per toolchain key."""
+    import json
+    import subprocess
+
     path = _cache_path(env)
     key = _toolchain_key(rustc, env)
     cache: dict[str, bool] = {}
@@ -243,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         if sys.platform == "win32":
             # No real exec there (the parent would exit at once): wait for it.
+            import subprocess
+
             sys.exit(subprocess.call([rustc, *decision.args]))
         os.execvp(rustc, [rustc, *decision.args])
     except OSError as exc:
