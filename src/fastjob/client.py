@@ -1193,10 +1193,16 @@ class _Reader:
                 b = t.read_blocking() if not t.nonblocking_read else t.try_read()
                 if b < 0:
                     continue
-                if self._stopping:
+                # Adopted under the client's lock, so close() either counts it
+                # (and writes it back) or finds it not adopted: then it goes
+                # back from here.  (Adopted after close() counted, its release
+                # would write nothing: the byte would be lost.)
+                with c._lock:
+                    tok = None if self._stopping or c._closed else c._core.adopt(b)
+                if tok is None:
                     t.write(b)
                     continue
-                c._place(c._core.adopt(b))
+                c._place(tok)
         except JobserverError as exc:
             with c._lock:
                 self._thread = None
