@@ -180,6 +180,74 @@ def fd_info(int fd):
     return (info.mode, info.dev, info.ino, info.uid, info.fl_flags, info.fd_flags)
 
 
+# -- signal masks: the critical sections of the client's slow paths --------------
+cdef extern from "fastjob_io.h" nogil:
+    ctypedef struct fj_sigset_t:
+        pass
+    int fj_block_all(fj_sigset_t *old)
+    int fj_set_mask(const fj_sigset_t *m)
+    int fj_mask_empty(const fj_sigset_t *m)
+    void fj_mask_clear(fj_sigset_t *m)
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.pythread cimport PyThread_get_thread_ident
+import threading as _threading
+
+cdef unsigned long _main_ident = PyThread_get_thread_ident()
+cdef fj_sigset_t _empty_mask
+fj_mask_clear(&_empty_mask)
+
+
+def _after_fork_child():
+    global _main_ident
+    _main_ident = PyThread_get_thread_ident()
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_child)
+
+
+def block_signals():
+    """Block every signal in this thread if it is the main thread (the only
+    one whose Python handlers run); returns what restore_signals needs.
+
+    Python handlers of signals that arrived just before run here, with the
+    mask already set: one that raises is kept and raised by restore_signals,
+    after the critical section, so the caller's ``old = block_signals()``
+    always gets its value."""
+    cdef fj_sigset_t old
+    if PyThread_get_thread_ident() != _main_ident:
+        return None
+    if fj_block_all(&old) != 0:
+        return None  # Windows: no signal masks
+    cdef object saved
+    if fj_mask_empty(&old):
+        saved = True
+    else:
+        saved = PyBytes_FromStringAndSize(<char *>&old, sizeof(fj_sigset_t))
+    try:
+        PyErr_CheckSignals()
+    except BaseException as exc:
+        return (saved, exc)
+    return saved
+
+
+def restore_signals(old):
+    """Undo block_signals; a signal that came meanwhile is handled now."""
+    if old is None:
+        return
+    cdef object mask = old
+    cdef object exc = None
+    if type(old) is tuple:
+        mask, exc = old
+    if mask is True:
+        fj_set_mask(&_empty_mask)
+    else:
+        fj_set_mask(<const fj_sigset_t *>PyBytes_AS_STRING(mask))
+    if exc is not None:
+        raise exc
+
+
 # ---------------------------------------------------------------------------
 # Windows semaphore jobserver (src/fastjob_io_win.h).  These exist on every
 # platform; off Windows each call raises OSError(ENOSYS).  Handles are ints.

@@ -58,9 +58,15 @@ from ._errors import TokenLeakWarning as _TokenLeakWarning  # noqa: E402
 _impl._set_leak_warning(_TokenLeakWarning)
 
 # The slow paths of the client block signals around their critical sections
-# whichever core is in use (the native fast path needs no such help).
-from ._io_py import block_signals as block_signals  # noqa: E402
-from ._io_py import restore_signals as restore_signals  # noqa: E402
+# whichever core is in use (the native fast path needs no such help): the
+# native core's pair is two rt_sigprocmask calls; the pure one goes through
+# ctypes.
+if hasattr(_impl, "block_signals"):
+    block_signals = _impl.block_signals
+    restore_signals = _impl.restore_signals
+else:  # a native core built before it had them
+    from ._io_py import block_signals as block_signals  # noqa: E402
+    from ._io_py import restore_signals as restore_signals  # noqa: E402
 
 
 class FdInfo(NamedTuple):
