@@ -37,6 +37,7 @@ available = _impl.available
 fill = _impl.fill
 drain = _impl.drain
 reopen_private = _impl.reopen_private
+ready = _impl.ready
 READ_FD: int = _impl.READ_FD
 READ_NOWAIT: int = _impl.READ_NOWAIT
 READ_NONE: int = _impl.READ_NONE
@@ -49,9 +50,13 @@ if TYPE_CHECKING:
     # Both implementations have one API; type against the pure one.
     from ._io_py import Core as Core
     from ._io_py import Token as Token
+    from ._io_py import TokenContext as TokenContext
+    from ._io_py import TokenContexts as TokenContexts
 else:
     Token = _impl.Token
     Core = _impl.Core
+    TokenContext = _impl.TokenContext
+    TokenContexts = _impl.TokenContexts
 
 from ._errors import TokenLeakWarning as _TokenLeakWarning  # noqa: E402
 

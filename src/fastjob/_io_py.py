@@ -743,3 +743,67 @@ class Core:
         self.owns_implicit = False
         self._impl.clear()
         self.nwait = 0
+
+
+# -- a ready awaitable (the twin of _fastjob.ready) ----------------------------
+class Ready:
+    """An awaitable that is done already: ``await ready(x)`` gives x."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        return self.value
+        yield  # a generator: done at its first step  # noqa: B901
+
+
+AM_SEND = False
+
+
+def ready(value: Any = None) -> Any:
+    """A Ready awaitable for value."""
+    return Ready(value)
+
+
+# -- ``async with client.token()`` (the twin of _fastjob.TokenContext) --------
+class TokenContext:
+    """``async with client.token() as tok`` (coroutines: in pure Python they
+    are cheaper than any ready-made awaitable)."""
+
+    __slots__ = ("_client", "_try", "token")
+
+    def __init__(self, client: Any, try_loop: Any) -> None:
+        self._client = client
+        self._try = try_loop
+        self.token: Any = None
+
+    async def __aenter__(self) -> Any:
+        aio = sys.modules.get("asyncio")
+        if aio is not None and aio._get_running_loop() is not None:
+            tok = self._try()
+            if tok is not None:
+                self.token = tok
+                return tok
+            return await self._client._ctx_wait(self)
+        return await self._client._ctx_acquire(self)
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        tok = self.token
+        if tok is not None:
+            self.token = None
+            tok.release()
+
+
+class TokenContexts:
+    """Client.token: makes a TokenContext per call."""
+
+    __slots__ = ("_client", "_try")
+
+    def __init__(self, client: Any, try_loop: Any) -> None:
+        self._client = client
+        self._try = try_loop
+
+    def __call__(self) -> TokenContext:
+        return TokenContext(self._client, self._try)

@@ -245,6 +245,8 @@ class Client:
         self._try_loop: Callable[[], Token | None] = (
             self._try_now if read_mode == _io.READ_NONE else self._core.try_acquire
         )
+        # ``client.token()`` is one C call (the context class lives in the core)
+        self.token = _io.TokenContexts(self, self._try_loop)  # type: ignore[method-assign]
         self._reader = _Reader(self) if transport.strategy == "thread" else None
         self._closed = False
         _live_clients.add(self)
@@ -808,10 +810,23 @@ class Client:
                 _restore_signals(old)
         return TokenSet(got)
 
-    def token(self) -> _TokenContext:
+    def token(self) -> _io.TokenContext:
         """``async with client.token() as tok:`` acquire, run, release
         (also on error and cancellation)."""
-        return _TokenContext(self)
+        # Replaced per instance by a TokenContexts of the core (see __init__).
+        return _io.TokenContexts(self, self._try_loop)()
+
+    async def _ctx_wait(self, ctx: _io.TokenContext) -> Token:
+        """TokenContext.__aenter__ on asyncio when no token is free now."""
+        tok = (await self._wait_async(1))[0]
+        ctx.token = tok
+        return tok
+
+    async def _ctx_acquire(self, ctx: _io.TokenContext) -> Token:
+        """TokenContext.__aenter__ on trio: acquire() (a full checkpoint)."""
+        tok = await self.acquire()
+        ctx.token = tok
+        return tok
 
     async def _wait_async(self, need: int) -> list[Token]:
         import anyio
@@ -1081,41 +1096,6 @@ class _Acquiring:
         ts, self._set = self._set, None
         if ts is not None:
             ts.release()
-
-
-class _TokenContext:
-    """``async with client.token() as tok``: a plain class (not a generator)
-    so the uncontended cycle stays cheap."""
-
-    __slots__ = ("_client", "_token")
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._token: Token | None = None
-
-    async def __aenter__(self) -> Token:
-        if not _backend.is_trio():
-            # asyncio fast path inline: one coroutine fewer per cycle; never
-            # waits on the loop (under the "thread" strategy only the
-            # implicit token is taken here)
-            tok = self._client._try_loop()
-            if tok is None:
-                tok = (await self._client._wait_async(1))[0]
-        else:
-            tok = await self._client.acquire()
-        self._token = tok
-        return tok
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        tok = self._token
-        if tok is not None:
-            self._token = None
-            tok.release()
 
 
 class _Reader:
