@@ -115,8 +115,8 @@ class _Waiter:
     """One acquire waiting in the queue for ``need`` slots."""
 
     __slots__ = (
-        "need", "got", "done", "gone", "error", "lock", "event", "state", "thread", "call",
-        "ref", "__weakref__",
+        "need", "got", "done", "gone", "error", "lock", "event", "loop", "state", "thread",
+        "call", "ref", "__weakref__",
     )
 
     def __init__(self, need: int) -> None:
@@ -126,7 +126,10 @@ class _Waiter:
         self.gone = True  # not (or no longer) in the queue
         self.error: BaseException | None = None
         self.lock: Any = None  # thread waiter: a held lock, released to wake it
-        self.event: anyio.Event | None = None  # task waiter
+        # task waiter: on asyncio a bare future of its loop (set to wake it;
+        # a fresh one per wait), on trio an anyio.Event
+        self.event: Any = None
+        self.loop: Any = None  # the asyncio loop (None on trio)
         self.state: _LoopState | None = None
         self.thread = 0
         self.call: Callable[[Callable[[], Any]], Any] | None = None
@@ -140,18 +143,26 @@ class _Waiter:
                 lock.release()
             except RuntimeError:
                 pass  # woken already, not yet looked
-        elif self.call is not None:
+        elif self.event is not None:
             if _thread.get_ident() == self.thread:
                 self.wake_in_loop()
             else:
+                loop = self.loop
+                call = loop.call_soon_threadsafe if loop is not None else self.call
                 try:
-                    self.call(self.wake_in_loop)
+                    if call is not None:
+                        call(self.wake_in_loop)
                 except RuntimeError:
                     pass  # that loop has ended; its waiter is gone with it
 
     def wake_in_loop(self) -> None:
-        assert self.event is not None
-        self.event.set()
+        ev = self.event
+        assert ev is not None
+        if self.loop is not None:
+            if not ev.done():
+                ev.set_result(None)
+        else:
+            ev.set()
         st = self.state
         if st is not None and st.leader is self and st.scope is not None:
             st.scope.cancel()
@@ -836,10 +847,17 @@ class Client:
         if st is None:
             st = self._loops.setdefault(key, _LoopState())
         w = _Waiter(need)
-        w.event = anyio.Event()
+        aio = not _backend.is_trio()
+        if aio:
+            # a bare future, not an anyio.Event (an asyncio.Event, its deque
+            # and a future): about 0.7 KB less per waiting task
+            w.loop = key
+            w.event = key.create_future()  # type: ignore[attr-defined]
+        else:
+            w.event = anyio.Event()
+            w.call = call
         w.state = st
         w.thread = thread
-        w.call = call
         try:
             old = _block_signals()
             try:
@@ -847,7 +865,7 @@ class Client:
             finally:
                 _restore_signals(old)
             if done:
-                if _backend.is_trio():
+                if not aio:
                     import trio
 
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -859,6 +877,9 @@ class Client:
                     raise w.error
                 if self._reader is None and st.leader is None and st.first() is w:
                     await self._lead(w, st, key)
+                elif aio:
+                    await w.event
+                    w.event = w.loop.create_future()
                 else:
                     await w.event.wait()
                     w.event = anyio.Event()
