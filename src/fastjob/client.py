@@ -228,6 +228,9 @@ class Client:
         # here too: if its owner vanishes, the slots go on from here.
         self._gathered: dict[weakref.ref[_Waiter], list[Token]] = {}
         self._orphans: list[Token] = []
+        # The weak references of waiters that died (their callback appends
+        # here): a sweep looks at these only, not at every queued waiter.
+        self._died: list[weakref.ref[_Waiter]] = []
         self._nwait = 0
         self._loops: dict[object, _LoopState] = {}
         self._dead: JobserverError | None = None
@@ -421,13 +424,16 @@ class Client:
 
     def _sweep(self, full: bool = True) -> None:
         """Drop waiters whose owner vanished (caller holds the lock) and
-        pass on what they had gathered (``full``: also from the middle of
-        the queue, O(waiters))."""
+        pass on what they had gathered.  O(waiters that died since the last
+        sweep), not O(waiters): each waiter's weak reference reports its
+        death in ``_died``.  (``full`` is kept for callers; both are the same.)"""
         self._prune()
-        for refs in (self._pending, self._resuming) if full else (self._resuming,):
-            for ref in [r for r in refs if r() is None]:
-                refs.discard(ref)
-                self._orphans += self._gathered.pop(ref, ())
+        dead = self._died
+        while dead:
+            ref = dead.pop()
+            self._pending.discard(ref)
+            self._resuming.discard(ref)
+            self._orphans += self._gathered.pop(ref, ())
         self._count()
         if self._orphans:
             orphans, self._orphans = self._orphans, []
@@ -455,8 +461,10 @@ class Client:
                 if len(w.got) >= w.need:
                     w.done = True
                     return True
+            if self._died:
+                self._sweep()
             w.gone = False
-            ref = w.ref = weakref.ref(w)
+            ref = w.ref = weakref.ref(w, self._died.append)
             self._queue.append(ref)
             self._pending.add(ref)
             self._gathered[ref] = w.got
@@ -1074,6 +1082,7 @@ class Client:
         self._resuming.clear()
         self._gathered.clear()
         self._orphans.clear()
+        self._died.clear()
         self._nwait = 0
         self._loops.clear()
         self._tleader_ref = None
