@@ -160,3 +160,47 @@ def test_random_cancellation_keeps_the_pool_exact(backend: str, style: str) -> N
         st = c.statistics()
         assert (st.tokens_held, st.tasks_waiting) == (0, 0)
         assert s.available() == 2
+
+
+@pytest.mark.parametrize("loop", _loops())
+def test_asyncio_fd_watch_is_shared_and_left_clean(loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaders of two Clients on one shared fd, on one loop, share one
+    add_reader registration; a cancelled leader hands the lead on and
+    leaves no registration behind."""
+    from fastjob import client as client_mod
+
+    monkeypatch.setenv("FASTJOB_WAIT_STRATEGY", "rwf-nowait")  # both read the shared fd
+    with fastjob.Server(2) as s:
+        a = fastjob.from_env(environ=s.env(), strict=True)
+        b = fastjob.from_env(environ=s.env(), strict=True)
+        assert a is not None and b is not None
+        held = [s.client.try_acquire(), s.client.try_acquire()]  # the pool is empty now
+
+        async def main() -> None:
+            cancelled = asyncio.ensure_future(a.acquire())
+            got_b = asyncio.ensure_future(b.acquire())
+            got_a = asyncio.ensure_future(a.acquire())
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert len(client_mod._AioFdWatch.waiting) == 1  # one registration for the fd
+            cancelled.cancel()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            held.pop().release()  # the pool's byte: one of the two leaders gets it
+            first = await asyncio.wait_for(asyncio.shield(asyncio.wait(
+                [got_a, got_b], return_when=asyncio.FIRST_COMPLETED)), 10)
+            (done,), _ = first
+            done.result().release()  # back to the pool: the other one gets it
+            other = got_b if done is got_a else got_a
+            (await asyncio.wait_for(other, 10)).release()
+            assert cancelled.cancelled()
+            assert not client_mod._AioFdWatch.waiting
+
+        _run(loop, main())
+        for t in held:
+            t.release()
+        for c in (a, b):
+            st = c.statistics()
+            assert (st.tokens_held, st.tasks_waiting) == (0, 0)
+            c.close()
+        assert s.available() == 1

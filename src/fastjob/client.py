@@ -193,6 +193,48 @@ class _FdWatch:
             ev.set()
 
 
+class _AioFdWatch:
+    """asyncio (and uvloop): one ``add_reader`` per fd per loop, shared by
+    every Client of that fd on that loop; when the fd is readable its
+    callback sets the future of each leader waiting on it.  No anyio
+    wait_readable, no cancel scope per wake: a leader waits on its own
+    future, which a hand-off sets as well."""
+
+    waiting: dict[tuple[Any, int], list[Any]] = {}
+
+    @classmethod
+    def watch(cls, loop: Any, fd: int, fut: Any) -> None:
+        k = (loop, fd)
+        futs = cls.waiting.get(k)
+        if futs is None:
+            cls.waiting[k] = [fut]
+            loop.add_reader(fd, cls._ready, k)
+        else:
+            futs.append(fut)
+
+    @classmethod
+    def _ready(cls, k: tuple[Any, int]) -> None:
+        futs = cls.waiting.pop(k, None)
+        k[0].remove_reader(k[1])
+        for f in futs or ():
+            if not f.done():
+                f.set_result(None)
+
+    @classmethod
+    def forget(cls, loop: Any, fd: int, fut: Any) -> None:
+        k = (loop, fd)
+        futs = cls.waiting.get(k)
+        if futs is None:
+            return
+        try:
+            futs.remove(fut)
+        except ValueError:
+            pass
+        if not futs:
+            del cls.waiting[k]
+            loop.remove_reader(fd)
+
+
 class Client:
     """A member of a jobserver pool.  Get one from :func:`fastjob.from_env`,
     :func:`fastjob.connect` or ``Server.client``.
@@ -431,9 +473,12 @@ class Client:
         dead = self._died
         while dead:
             ref = dead.pop()
-            self._pending.discard(ref)
-            self._resuming.discard(ref)
-            self._orphans += self._gathered.pop(ref, ())
+            try:
+                self._pending.discard(ref)
+                self._resuming.discard(ref)
+                self._orphans += self._gathered.pop(ref, ())
+            except TypeError:
+                pass  # never hashed while alive: it was never queued
         self._count()
         if self._orphans:
             orphans, self._orphans = self._orphans, []
@@ -908,7 +953,24 @@ class Client:
         interval = t.liveness_interval
         want = getattr(t, "want", None)
         st.leader = w
+        loop = w.loop
         try:
+            if loop is not None and interval is None and want is None:
+                # asyncio: wait on our own future; the fd's reader callback
+                # or a hand-off sets it
+                fd = t.read_fd
+                while not w.done and w.error is None:
+                    if self._pump():
+                        continue
+                    fut = w.event
+                    if not fut.done():
+                        _AioFdWatch.watch(loop, fd, fut)
+                        try:
+                            await fut
+                        finally:
+                            _AioFdWatch.forget(loop, fd, fut)
+                    w.event = loop.create_future()
+                return
             while not w.done and w.error is None:
                 if self._pump():
                     continue
