@@ -249,6 +249,8 @@ def _libc_sigmask() -> Any:
 _UNSET: Any = object()
 _native_mask: Any = _UNSET
 _NOTHING: Any = None
+#: old-mask buffers free for reuse (main thread only; list pop/append are atomic)
+_mask_bufs: list[Any] = []
 
 
 def _load_mask() -> Any:
@@ -270,7 +272,12 @@ def block_signals() -> Any:
             return _NOTHING  # Windows: no signal masks
         return ("py", _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals()))
     fn, full, new_buf = m
-    old = new_buf(256)
+    # a buffer for the old mask: reused (restore_signals gives it back), as
+    # creating one costs more than the call itself
+    try:
+        old = _mask_bufs.pop()
+    except IndexError:
+        old = new_buf(256)
     try:
         fn(_signal.SIG_BLOCK, full, old)
     except BaseException as exc:  # noqa: BLE001 - re-raised by restore_signals
@@ -290,8 +297,10 @@ def restore_signals(old: Any) -> None:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
             return
         _native_mask[0](_signal.SIG_SETMASK, old[1], None)
+        _mask_bufs.append(old[1])
         raise old[2]
     _native_mask[0](_signal.SIG_SETMASK, old, None)
+    _mask_bufs.append(old)
 
 
 def _after_fork() -> None:
