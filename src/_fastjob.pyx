@@ -180,6 +180,74 @@ def fd_info(int fd):
     return (info.mode, info.dev, info.ino, info.uid, info.fl_flags, info.fd_flags)
 
 
+# -- signal masks: the critical sections of the client's slow paths --------------
+cdef extern from "fastjob_io.h" nogil:
+    ctypedef struct fj_sigset_t:
+        pass
+    int fj_block_all(fj_sigset_t *old)
+    int fj_set_mask(const fj_sigset_t *m)
+    int fj_mask_empty(const fj_sigset_t *m)
+    void fj_mask_clear(fj_sigset_t *m)
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.pythread cimport PyThread_get_thread_ident
+import threading as _threading
+
+cdef unsigned long _main_ident = PyThread_get_thread_ident()
+cdef fj_sigset_t _empty_mask
+fj_mask_clear(&_empty_mask)
+
+
+def _after_fork_child():
+    global _main_ident
+    _main_ident = PyThread_get_thread_ident()
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_child)
+
+
+def block_signals():
+    """Block every signal in this thread if it is the main thread (the only
+    one whose Python handlers run); returns what restore_signals needs.
+
+    Python handlers of signals that arrived just before run here, with the
+    mask already set: one that raises is kept and raised by restore_signals,
+    after the critical section, so the caller's ``old = block_signals()``
+    always gets its value."""
+    cdef fj_sigset_t old
+    if PyThread_get_thread_ident() != _main_ident:
+        return None
+    if fj_block_all(&old) != 0:
+        return None  # Windows: no signal masks
+    cdef object saved
+    if fj_mask_empty(&old):
+        saved = True
+    else:
+        saved = PyBytes_FromStringAndSize(<char *>&old, sizeof(fj_sigset_t))
+    try:
+        PyErr_CheckSignals()
+    except BaseException as exc:
+        return (saved, exc)
+    return saved
+
+
+def restore_signals(old):
+    """Undo block_signals; a signal that came meanwhile is handled now."""
+    if old is None:
+        return
+    cdef object mask = old
+    cdef object exc = None
+    if type(old) is tuple:
+        mask, exc = old
+    if mask is True:
+        fj_set_mask(&_empty_mask)
+    else:
+        fj_set_mask(<const fj_sigset_t *>PyBytes_AS_STRING(mask))
+    if exc is not None:
+        raise exc
+
+
 # ---------------------------------------------------------------------------
 # Windows semaphore jobserver (src/fastjob_io_win.h).  These exist on every
 # platform; off Windows each call raises OSError(ENOSYS).  Handles are ints.
@@ -629,3 +697,162 @@ cdef class Core:
         self.owns_implicit = False
         self.implicit_free = False
         self.nwait = 0
+
+
+# -- a ready awaitable: ``await ready(x)`` is x, with no coroutine frame -------
+# ``async with client.token()`` on asyncio with a token free: __aenter__ and
+# __aexit__ return one of these instead of a coroutine.  The type's am_send
+# (Python 3.10+; what the interpreter's SEND calls) returns the value without
+# raising StopIteration; __next__ is the fallback (tracing, older Pythons).
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030A0000
+    #define FJ_HAVE_AM_SEND 1
+    static PySendResult fj_ready_send_impl(PyObject *self, PyObject *arg, PyObject **result);
+    static int fj_install_am_send(PyTypeObject *t) {
+        if (t->tp_as_async == NULL) return 0;
+        t->tp_as_async->am_send = (sendfunc)fj_ready_send_impl;
+        PyType_Modified(t);
+        return 1;
+    }
+    #else
+    #define FJ_HAVE_AM_SEND 0
+    static int fj_install_am_send(PyTypeObject *t) { (void)t; return 0; }
+    #endif
+    """
+    int fj_install_am_send(PyTypeObject *t)
+
+
+@cython.final
+@cython.freelist(16)
+cdef class Ready:
+    """An awaitable that is done already: ``await Ready-of-x`` gives x."""
+
+    cdef object value
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        v = self.value
+        self.value = None
+        raise StopIteration(v)
+
+    def send(self, arg):
+        return self.__next__()
+
+    def throw(self, *args):
+        self.value = None
+        if len(args) == 1:
+            raise args[0]
+        raise args[1] if args[1] is not None else args[0]()
+
+    def close(self):
+        self.value = None
+
+
+cdef int fj_ready_send_cy "fj_ready_send_cy"(PyObject *self, PyObject **result) noexcept:
+    cdef Ready r = <Ready>self
+    cdef object v = r.value
+    r.value = None
+    Py_INCREF(v)
+    result[0] = <PyObject *>v
+    return 0
+
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030A0000
+    static int fj_ready_send_cy(PyObject *self, PyObject **result);
+    static PySendResult fj_ready_send_impl(PyObject *self, PyObject *arg, PyObject **result) {
+        (void)arg;
+        fj_ready_send_cy(self, result);
+        return PYGEN_RETURN;
+    }
+    #endif
+    """
+
+AM_SEND = bool(fj_install_am_send(<PyTypeObject *>Ready))
+
+
+def ready(value=None):
+    """A Ready awaitable for value."""
+    cdef Ready r = Ready.__new__(Ready)
+    r.value = value
+    return r
+
+
+# -- ``async with client.token()``: the context, in C ---------------------------
+import sys as _sys
+
+cdef object _get_running_loop = None
+cdef object _READY_NONE = ready(None)  # shared: its value stays None
+
+
+cdef inline bint _on_asyncio():
+    """A running asyncio loop in this thread (else: trio)."""
+    global _get_running_loop
+    cdef object get = _get_running_loop
+    if get is None:
+        aio = _sys.modules.get("asyncio")
+        if aio is None:
+            return False
+        get = _get_running_loop = aio._get_running_loop
+    return get() is not None
+
+
+@cython.final
+@cython.freelist(16)
+cdef class TokenContext:
+    """``async with client.token() as tok``.  On asyncio with a token free
+    now, __aenter__ takes it and returns a Ready (no coroutine frame, no
+    Python frame); otherwise the client's coroutine waits (trio: a full
+    checkpoint).  __aexit__ releases at once."""
+
+    cdef object _client
+    cdef object _try
+    cdef public object token
+
+    def __aenter__(self):
+        cdef object tok
+        cdef Ready r
+        if _on_asyncio():
+            tok = self._try()
+            if tok is not None:
+                self.token = tok
+                r = Ready.__new__(Ready)
+                r.value = tok
+                return r
+            return self._client._ctx_wait(self)
+        return self._client._ctx_acquire(self)
+
+    def __aexit__(self, exc_type, exc, tb):
+        cdef object tok = self.token
+        if tok is not None:
+            self.token = None
+            tok.release()
+        return _READY_NONE
+
+
+@cython.final
+cdef class TokenContexts:
+    """Client.token: makes a TokenContext per call (one C call)."""
+
+    cdef object _client
+    cdef object _try
+
+    def __init__(self, client, try_loop):
+        self._client = client
+        self._try = try_loop
+
+    def __call__(self):
+        cdef TokenContext c = TokenContext.__new__(TokenContext)
+        c._client = self._client
+        c._try = self._try
+        return c

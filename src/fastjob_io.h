@@ -26,6 +26,12 @@
  * calls in fastjob_io_win.h do (Windows pools are semaphores). */
 static FJ_INLINE int fj_try_write(int fd, int byte) { (void)fd; (void)byte; return fj_enosys_(); }
 static FJ_INLINE int fj_write_nowait(int fd, int byte) { (void)fd; (void)byte; return fj_enosys_(); }
+/* No signal masks on Windows: the critical sections need none there. */
+typedef int fj_sigset_t;
+static FJ_INLINE int fj_block_all(fj_sigset_t *old) { *old = 0; return -1; }
+static FJ_INLINE int fj_set_mask(const fj_sigset_t *m) { (void)m; return 0; }
+static FJ_INLINE int fj_mask_empty(const fj_sigset_t *m) { (void)m; return 1; }
+static FJ_INLINE void fj_mask_clear(fj_sigset_t *m) { *m = 0; }
 #else
 
 #ifndef _GNU_SOURCE
@@ -34,6 +40,8 @@ static FJ_INLINE int fj_write_nowait(int fd, int byte) { (void)fd; (void)byte; r
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -251,6 +259,28 @@ static inline int fj_fd_info(int fd, fj_fd_info_t *info) {
     if (info->fd_flags < 0) return -1;
     return 0;
 }
+
+/* Signal masks around the critical sections of the client's slow paths:
+ * every signal blocked in this thread (old mask saved), then restored.  One
+ * rt_sigprocmask each, no allocation. */
+typedef sigset_t fj_sigset_t;
+static inline int fj_block_all(fj_sigset_t *old) {
+    sigset_t all;
+    sigfillset(&all);
+    /* the kernel fills only its own (smaller) sigset size, and sigemptyset
+     * need not clear the rest: zero every byte, so fj_mask_empty can compare */
+    memset(old, 0, sizeof *old);
+    return pthread_sigmask(SIG_BLOCK, &all, old) == 0 ? 0 : -1;
+}
+static inline int fj_set_mask(const fj_sigset_t *m) {
+    return pthread_sigmask(SIG_SETMASK, m, NULL) == 0 ? 0 : -1;
+}
+static inline int fj_mask_empty(const fj_sigset_t *m) {
+    sigset_t e;
+    memset(&e, 0, sizeof e);
+    return memcmp(m, &e, sizeof e) == 0;
+}
+static inline void fj_mask_clear(fj_sigset_t *m) { memset(m, 0, sizeof *m); sigemptyset(m); }
 
 /* The Windows semaphore calls exist here too, failing with ENOSYS. */
 #include "fastjob_io_win.h"

@@ -138,12 +138,6 @@ with fastjob.Server(4, style=style) as s:
     ],
 )
 def test_signal_storm_loses_no_token(mode: str, style: str, strategy: str) -> None:
-    if not fastjob.NATIVE and (strategy == "thread" or style == "fifo"):
-        pytest.skip(
-            "known gap of the pure core: under the reader-thread strategy and on FIFO "
-            "pools (writes through the transport's lock) a signal storm can still strand "
-            "a token now and then; the native core has no such window"
-        )
     env = {"FASTJOB_WAIT_STRATEGY": strategy} if strategy else {}
     out = _run(STORM, mode, style, env=env)
     assert out.split() == ["3", "0", "False", "0"]

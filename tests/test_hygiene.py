@@ -188,14 +188,11 @@ def test_no_resource_warning_anywhere() -> None:
     assert out.stderr == "", out.stderr
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="under the thread strategy close() counted a token the reader thread had read "
-    "but not yet handed on as leaked (a TokenLeakWarning; seen once in CI under load); "
-    "close() now stops the reader first, but that race has not been shown gone by enough "
-    "runs to make this strict",
-)
 def test_no_resource_warning_under_the_thread_strategy() -> None:
+    """The same workload under the reader-thread strategy: a token the
+    reader thread has read when its waiter is cancelled, or when close()
+    runs, goes to the next waiter or back to the pool at once, never through
+    the garbage collector (a TokenLeakWarning: an error here)."""
     out = _workload("thread")
     assert out.returncode == 0, out.stderr
     assert out.stderr == "", out.stderr

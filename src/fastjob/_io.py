@@ -39,6 +39,7 @@ available = _impl.available
 fill = _impl.fill
 drain = _impl.drain
 reopen_private = _impl.reopen_private
+ready = _impl.ready
 READ_FD: int = _impl.READ_FD
 READ_NOWAIT: int = _impl.READ_NOWAIT
 READ_NONE: int = _impl.READ_NONE
@@ -51,18 +52,28 @@ if TYPE_CHECKING:
     # Both implementations have one API; type against the pure one.
     from ._io_py import Core as Core
     from ._io_py import Token as Token
+    from ._io_py import TokenContext as TokenContext
+    from ._io_py import TokenContexts as TokenContexts
 else:
     Token = _impl.Token
     Core = _impl.Core
+    TokenContext = _impl.TokenContext
+    TokenContexts = _impl.TokenContexts
 
 from ._errors import TokenLeakWarning as _TokenLeakWarning  # noqa: E402
 
 _impl._set_leak_warning(_TokenLeakWarning)
 
 # The slow paths of the client block signals around their critical sections
-# whichever core is in use (the native fast path needs no such help).
-from ._io_py import block_signals as block_signals  # noqa: E402
-from ._io_py import restore_signals as restore_signals  # noqa: E402
+# whichever core is in use (the native fast path needs no such help): the
+# native core's pair is two rt_sigprocmask calls; the pure one goes through
+# ctypes.
+if hasattr(_impl, "block_signals"):
+    block_signals = _impl.block_signals
+    restore_signals = _impl.restore_signals
+else:  # a native core built before it had them
+    from ._io_py import block_signals as block_signals  # noqa: E402
+    from ._io_py import restore_signals as restore_signals  # noqa: E402
 
 
 if TYPE_CHECKING:

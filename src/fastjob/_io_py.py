@@ -252,6 +252,8 @@ def _libc_sigmask() -> Any:
 _UNSET: Any = object()
 _native_mask: Any = _UNSET
 _NOTHING: Any = None
+#: old-mask buffers free for reuse (main thread only; list pop/append are atomic)
+_mask_bufs: list[Any] = []
 
 
 def _load_mask() -> Any:
@@ -273,7 +275,12 @@ def block_signals() -> Any:
             return _NOTHING  # Windows: no signal masks
         return ("py", _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals()))
     fn, full, new_buf = m
-    old = new_buf(256)
+    # a buffer for the old mask: reused (restore_signals gives it back), as
+    # creating one costs more than the call itself
+    try:
+        old = _mask_bufs.pop()
+    except IndexError:
+        old = new_buf(256)
     try:
         fn(_signal.SIG_BLOCK, full, old)
     except BaseException as exc:  # noqa: BLE001 - re-raised by restore_signals
@@ -293,8 +300,10 @@ def restore_signals(old: Any) -> None:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
             return
         _native_mask[0](_signal.SIG_SETMASK, old[1], None)
+        _mask_bufs.append(old[1])
         raise old[2]
     _native_mask[0](_signal.SIG_SETMASK, old, None)
+    _mask_bufs.append(old)
 
 
 def _after_fork() -> None:
@@ -746,3 +755,67 @@ class Core:
         self.owns_implicit = False
         self._impl.clear()
         self.nwait = 0
+
+
+# -- a ready awaitable (the twin of _fastjob.ready) ----------------------------
+class Ready:
+    """An awaitable that is done already: ``await ready(x)`` gives x."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        return self.value
+        yield  # a generator: done at its first step  # noqa: B901
+
+
+AM_SEND = False
+
+
+def ready(value: Any = None) -> Any:
+    """A Ready awaitable for value."""
+    return Ready(value)
+
+
+# -- ``async with client.token()`` (the twin of _fastjob.TokenContext) --------
+class TokenContext:
+    """``async with client.token() as tok`` (coroutines: in pure Python they
+    are cheaper than any ready-made awaitable)."""
+
+    __slots__ = ("_client", "_try", "token")
+
+    def __init__(self, client: Any, try_loop: Any) -> None:
+        self._client = client
+        self._try = try_loop
+        self.token: Any = None
+
+    async def __aenter__(self) -> Any:
+        aio = sys.modules.get("asyncio")
+        if aio is not None and aio._get_running_loop() is not None:
+            tok = self._try()
+            if tok is not None:
+                self.token = tok
+                return tok
+            return await self._client._ctx_wait(self)
+        return await self._client._ctx_acquire(self)
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        tok = self.token
+        if tok is not None:
+            self.token = None
+            tok.release()
+
+
+class TokenContexts:
+    """Client.token: makes a TokenContext per call."""
+
+    __slots__ = ("_client", "_try")
+
+    def __init__(self, client: Any, try_loop: Any) -> None:
+        self._client = client
+        self._try = try_loop
+
+    def __call__(self) -> TokenContext:
+        return TokenContext(self._client, self._try)

@@ -117,8 +117,8 @@ class _Waiter:
     """One acquire waiting in the queue for ``need`` slots."""
 
     __slots__ = (
-        "need", "got", "done", "gone", "error", "lock", "event", "state", "thread", "call",
-        "ref", "__weakref__",
+        "need", "got", "done", "gone", "error", "lock", "event", "loop", "state", "thread",
+        "call", "ref", "__weakref__",
     )
 
     def __init__(self, need: int) -> None:
@@ -128,7 +128,10 @@ class _Waiter:
         self.gone = True  # not (or no longer) in the queue
         self.error: BaseException | None = None
         self.lock: Any = None  # thread waiter: a held lock, released to wake it
-        self.event: anyio.Event | None = None  # task waiter
+        # task waiter: on asyncio a bare future of its loop (set to wake it;
+        # a fresh one per wait), on trio an anyio.Event
+        self.event: Any = None
+        self.loop: Any = None  # the asyncio loop (None on trio)
         self.state: _LoopState | None = None
         self.thread = 0
         self.call: Callable[[Callable[[], Any]], Any] | None = None
@@ -142,18 +145,26 @@ class _Waiter:
                 lock.release()
             except RuntimeError:
                 pass  # woken already, not yet looked
-        elif self.call is not None:
+        elif self.event is not None:
             if _thread.get_ident() == self.thread:
                 self.wake_in_loop()
             else:
+                loop = self.loop
+                call = loop.call_soon_threadsafe if loop is not None else self.call
                 try:
-                    self.call(self.wake_in_loop)
+                    if call is not None:
+                        call(self.wake_in_loop)
                 except RuntimeError:
                     pass  # that loop has ended; its waiter is gone with it
 
     def wake_in_loop(self) -> None:
-        assert self.event is not None
-        self.event.set()
+        ev = self.event
+        assert ev is not None
+        if self.loop is not None:
+            if not ev.done():
+                ev.set_result(None)
+        else:
+            ev.set()
         st = self.state
         if st is not None and st.leader is self and st.scope is not None:
             st.scope.cancel()
@@ -182,6 +193,48 @@ class _FdWatch:
             if cls.watches.get(k) is ev:
                 del cls.watches[k]
             ev.set()
+
+
+class _AioFdWatch:
+    """asyncio (and uvloop): one ``add_reader`` per fd per loop, shared by
+    every Client of that fd on that loop; when the fd is readable its
+    callback sets the future of each leader waiting on it.  No anyio
+    wait_readable, no cancel scope per wake: a leader waits on its own
+    future, which a hand-off sets as well."""
+
+    waiting: dict[tuple[Any, int], list[Any]] = {}
+
+    @classmethod
+    def watch(cls, loop: Any, fd: int, fut: Any) -> None:
+        k = (loop, fd)
+        futs = cls.waiting.get(k)
+        if futs is None:
+            cls.waiting[k] = [fut]
+            loop.add_reader(fd, cls._ready, k)
+        else:
+            futs.append(fut)
+
+    @classmethod
+    def _ready(cls, k: tuple[Any, int]) -> None:
+        futs = cls.waiting.pop(k, None)
+        k[0].remove_reader(k[1])
+        for f in futs or ():
+            if not f.done():
+                f.set_result(None)
+
+    @classmethod
+    def forget(cls, loop: Any, fd: int, fut: Any) -> None:
+        k = (loop, fd)
+        futs = cls.waiting.get(k)
+        if futs is None:
+            return
+        try:
+            futs.remove(fut)
+        except ValueError:
+            pass
+        if not futs:
+            del cls.waiting[k]
+            loop.remove_reader(fd)
 
 
 class Client:
@@ -219,6 +272,9 @@ class Client:
         # here too: if its owner vanishes, the slots go on from here.
         self._gathered: dict[weakref.ref[_Waiter], list[Token]] = {}
         self._orphans: list[Token] = []
+        # The weak references of waiters that died (their callback appends
+        # here): a sweep looks at these only, not at every queued waiter.
+        self._died: list[weakref.ref[_Waiter]] = []
         self._nwait = 0
         self._loops: dict[object, _LoopState] = {}
         self._dead: JobserverError | None = None
@@ -247,6 +303,8 @@ class Client:
         self._try_loop: Callable[[], Token | None] = (
             self._try_now if read_mode == _io.READ_NONE else self._core.try_acquire
         )
+        # ``client.token()`` is one C call (the context class lives in the core)
+        self.token = _io.TokenContexts(self, self._try_loop)  # type: ignore[method-assign]
         self._reader = _Reader(self) if transport.strategy == "thread" else None
         self._closed = False
         _live_clients.add(self)
@@ -410,13 +468,19 @@ class Client:
 
     def _sweep(self, full: bool = True) -> None:
         """Drop waiters whose owner vanished (caller holds the lock) and
-        pass on what they had gathered (``full``: also from the middle of
-        the queue, O(waiters))."""
+        pass on what they had gathered.  O(waiters that died since the last
+        sweep), not O(waiters): each waiter's weak reference reports its
+        death in ``_died``.  (``full`` is kept for callers; both are the same.)"""
         self._prune()
-        for refs in (self._pending, self._resuming) if full else (self._resuming,):
-            for ref in [r for r in refs if r() is None]:
-                refs.discard(ref)
+        dead = self._died
+        while dead:
+            ref = dead.pop()
+            try:
+                self._pending.discard(ref)
+                self._resuming.discard(ref)
                 self._orphans += self._gathered.pop(ref, ())
+            except TypeError:
+                pass  # never hashed while alive: it was never queued
         self._count()
         if self._orphans:
             orphans, self._orphans = self._orphans, []
@@ -444,8 +508,10 @@ class Client:
                 if len(w.got) >= w.need:
                     w.done = True
                     return True
+            if self._died:
+                self._sweep()
             w.gone = False
-            ref = w.ref = weakref.ref(w)
+            ref = w.ref = weakref.ref(w, self._died.append)
             self._queue.append(ref)
             self._pending.add(ref)
             self._gathered[ref] = w.got
@@ -810,10 +876,23 @@ class Client:
                 _restore_signals(old)
         return TokenSet(got)
 
-    def token(self) -> _TokenContext:
+    def token(self) -> _io.TokenContext:
         """``async with client.token() as tok:`` acquire, run, release
         (also on error and cancellation)."""
-        return _TokenContext(self)
+        # Replaced per instance by a TokenContexts of the core (see __init__).
+        return _io.TokenContexts(self, self._try_loop)()
+
+    async def _ctx_wait(self, ctx: _io.TokenContext) -> Token:
+        """TokenContext.__aenter__ on asyncio when no token is free now."""
+        tok = (await self._wait_async(1))[0]
+        ctx.token = tok
+        return tok
+
+    async def _ctx_acquire(self, ctx: _io.TokenContext) -> Token:
+        """TokenContext.__aenter__ on trio: acquire() (a full checkpoint)."""
+        tok = await self.acquire()
+        ctx.token = tok
+        return tok
 
     async def _wait_async(self, need: int) -> list[Token]:
         import anyio
@@ -823,10 +902,17 @@ class Client:
         if st is None:
             st = self._loops.setdefault(key, _LoopState())
         w = _Waiter(need)
-        w.event = anyio.Event()
+        aio = not _backend.is_trio()
+        if aio:
+            # a bare future, not an anyio.Event (an asyncio.Event, its deque
+            # and a future): about 0.7 KB less per waiting task
+            w.loop = key
+            w.event = key.create_future()  # type: ignore[attr-defined]
+        else:
+            w.event = anyio.Event()
+            w.call = call
         w.state = st
         w.thread = thread
-        w.call = call
         try:
             old = _block_signals()
             try:
@@ -834,7 +920,7 @@ class Client:
             finally:
                 _restore_signals(old)
             if done:
-                if _backend.is_trio():
+                if not aio:
                     import trio
 
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -846,6 +932,9 @@ class Client:
                     raise w.error
                 if self._reader is None and st.leader is None and st.first() is w:
                     await self._lead(w, st, key)
+                elif aio:
+                    await w.event
+                    w.event = w.loop.create_future()
                 else:
                     await w.event.wait()
                     w.event = anyio.Event()
@@ -866,7 +955,24 @@ class Client:
         interval = t.liveness_interval
         want = getattr(t, "want", None)
         st.leader = w
+        loop = w.loop
         try:
+            if loop is not None and interval is None and want is None:
+                # asyncio: wait on our own future; the fd's reader callback
+                # or a hand-off sets it
+                fd = t.read_fd
+                while not w.done and w.error is None:
+                    if self._pump():
+                        continue
+                    fut = w.event
+                    if not fut.done():
+                        _AioFdWatch.watch(loop, fd, fut)
+                        try:
+                            await fut
+                        finally:
+                            _AioFdWatch.forget(loop, fd, fut)
+                    w.event = loop.create_future()
+                return
             while not w.done and w.error is None:
                 if self._pump():
                     continue
@@ -1052,6 +1158,7 @@ class Client:
         self._resuming.clear()
         self._gathered.clear()
         self._orphans.clear()
+        self._died.clear()
         self._nwait = 0
         self._loops.clear()
         self._tleader_ref = None
@@ -1095,41 +1202,6 @@ class _Acquiring:
         ts, self._set = self._set, None
         if ts is not None:
             ts.release()
-
-
-class _TokenContext:
-    """``async with client.token() as tok``: a plain class (not a generator)
-    so the uncontended cycle stays cheap."""
-
-    __slots__ = ("_client", "_token")
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._token: Token | None = None
-
-    async def __aenter__(self) -> Token:
-        if not _backend.is_trio():
-            # asyncio fast path inline: one coroutine fewer per cycle; never
-            # waits on the loop (under the "thread" strategy only the
-            # implicit token is taken here)
-            tok = self._client._try_loop()
-            if tok is None:
-                tok = (await self._client._wait_async(1))[0]
-        else:
-            tok = await self._client.acquire()
-        self._token = tok
-        return tok
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        tok = self._token
-        if tok is not None:
-            self._token = None
-            tok.release()
 
 
 class _Reader:
@@ -1207,10 +1279,16 @@ class _Reader:
                 b = t.read_blocking() if not t.nonblocking_read else t.try_read()
                 if b < 0:
                     continue
-                if self._stopping:
+                # Adopted under the client's lock, so close() either counts it
+                # (and writes it back) or finds it not adopted: then it goes
+                # back from here.  (Adopted after close() counted, its release
+                # would write nothing: the byte would be lost.)
+                with c._lock:
+                    tok = None if self._stopping or c._closed else c._core.adopt(b)
+                if tok is None:
                     t.write(b)
                     continue
-                c._place(c._core.adopt(b))
+                c._place(tok)
         except JobserverError as exc:
             with c._lock:
                 self._thread = None
