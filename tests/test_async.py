@@ -425,3 +425,113 @@ def test_works_without_sniffio_or_trio_installed() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("tasks", [2, 3, 5])
+async def test_timed_out_waiters_never_strand_the_rest(tasks: int) -> None:
+    """Tasks retrying ``move_on_after(0.2): await acquire()`` while another
+    client holds every token for a second, then lets go: they must take
+    tokens again.  The leader hands the lead on as it leaves; a waiter woken
+    to lead that left at once (its own timer) used to drop that wake, and
+    the loop's waiters then slept with nobody on the fd, for good."""
+    with fastjob.Server(3) as server:
+        holder = server.client
+        client = fastjob.from_env(server.env(), strict=True, implicit_token=False)
+        assert client is not None
+        got = [0]
+        stop = anyio.Event()
+        pause = [False]
+
+        async def worker() -> None:
+            while not stop.is_set():
+                if pause[0]:
+                    await anyio.sleep(0.005)  # let the holder take every token
+                    continue
+                with anyio.move_on_after(0.2):
+                    tok = await client.acquire()
+                    try:
+                        got[0] += 1
+                        await anyio.sleep(0.001)
+                    finally:
+                        tok.release()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(tasks):
+                    tg.start_soon(worker)
+                await anyio.sleep(0.2)
+                pause[0] = True
+                held = []
+                with anyio.fail_after(10):
+                    while len(held) < 3:
+                        tok = holder.try_acquire()
+                        if tok is None:
+                            await anyio.sleep(0.001)
+                        else:
+                            held.append(tok)
+                pause[0] = False
+                await anyio.sleep(1.0)  # every waiter times out, several times
+                before = got[0]
+                for tok in held:
+                    tok.release()
+                with anyio.fail_after(10):
+                    while got[0] < before + 20:
+                        await anyio.sleep(0.01)
+                stop.set()
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("leaving", ["leader-and-next", "next-only", "all-but-last"])
+async def test_waiters_leaving_together_never_strand_the_rest(leaving: str) -> None:
+    """The leader hands the lead to the next waiter as it leaves; when that
+    next waiter leaves too (cancelled in the same scope, or at once after),
+    the lead must still reach a live waiter.  Seen as a hang: three tasks
+    retrying `move_on_after(0.2): await acquire()` in a child stopped taking
+    tokens for good once the pool had been empty for a while."""
+    with fastjob.Server(2) as server:
+        client = server.client
+        held = [client.try_acquire(), client.try_acquire()]
+        assert all(t is not None for t in held) and client.try_acquire() is None
+        got: list[str] = []
+
+        async def wait(name: str) -> None:
+            tok = await client.acquire()
+            got.append(name)
+            tok.release()
+
+        n_cancel = {"leader-and-next": 2, "next-only": 1, "all-but-last": 3}[leaving]
+        async with anyio.create_task_group() as tg:
+            scopes: list[anyio.CancelScope] = []
+
+            async def doomed_wait(name: str) -> None:
+                with anyio.CancelScope() as scope:
+                    scopes.append(scope)
+                    await wait(name)
+
+            names = [f"w{i}" for i in range(4)]
+            if leaving == "next-only":
+                tg.start_soon(wait, names[0])  # the leader stays
+                await anyio.sleep(0.02)
+                tg.start_soon(doomed_wait, names[1])
+                rest = names[2:]
+            else:
+                for name in names[:n_cancel]:
+                    tg.start_soon(doomed_wait, name)
+                    await anyio.sleep(0.02)
+                rest = names[n_cancel:]
+            for name in rest:
+                tg.start_soon(wait, name)
+                await anyio.sleep(0.02)
+            while client.statistics().tasks_waiting < 4:
+                await anyio.sleep(0.01)
+            for scope in scopes:
+                scope.cancel()  # in one go: they leave in the same loop pass
+            await anyio.sleep(0.05)
+            with anyio.fail_after(10):
+                for tok in held:
+                    assert tok is not None
+                    tok.release()
+                while len(got) < 4 - (1 if leaving == "next-only" else n_cancel):
+                    await anyio.sleep(0.01)
+        assert client.statistics().tasks_waiting == 0

@@ -944,6 +944,14 @@ class Client:
             self._abandon(w)
             raise
         finally:
+            if st.leader is None:
+                # This waiter may have been woken to lead and left instead
+                # (cancelled, or served by a hand-off first): without this,
+                # the wake is lost and the loop's waiters sleep with nobody
+                # on the fd.
+                nxt = st.first()
+                if nxt is not None:
+                    nxt.wake_in_loop()
             if not st.queue and st.leader is None and self._loops.get(key) is st:
                 del self._loops[key]  # no waiter of this loop left: forget it
 
