@@ -281,14 +281,3 @@ def test_a_forked_child_closing_its_copy_leaves_the_owner_working() -> None:
         assert request(path, {"op": "resize", "jobs": 3})["jobs"] == 3
         assert s.statistics().effective == 3 and s.available() == 2
 
-
-def test_a_semaphore_pool_refuses_resize_clearly() -> None:
-    from fastjob._pool_size import PoolSize
-
-    class SemLike:
-        style = "sem"
-
-    size = PoolSize(SemLike(), 4, lambda n: n, lambda n: None)  # type: ignore[arg-type]
-    with pytest.raises(fastjob.UnsupportedPlatformError, match="semaphore"):
-        size.resize(2)
-    assert size.jobs == 4

@@ -32,6 +32,12 @@ if sys.platform != "win32":  # fcntl does not exist on Windows
     _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
+#: Tests only: a stand-in for the Windows semaphore calls (a
+#: fastjob._core.sem.SemaphoreAPI).  When set, style="sem" pools use it, on
+#: any platform.
+_sem_api: Any = None
+
+
 def default_style() -> str:
     return "sem" if sys.platform == "win32" else "pipe"
 
@@ -162,14 +168,14 @@ class Server:
         self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
 
     def _make_sem(self) -> None:
-        if sys.platform != "win32":
+        if sys.platform != "win32" and _sem_api is None:
             raise UnsupportedPlatformError(
                 "style='sem' is the Windows jobserver (a named semaphore); "
                 "use 'pipe' or 'fifo' on POSIX"
             )
         from ._core.sem import create_semaphore_pool
 
-        self._transport, self._sem_name = create_semaphore_pool(self.jobs)
+        self._transport, self._sem_name = create_semaphore_pool(self.jobs, api=_sem_api)
         self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
 
     # -- size ----------------------------------------------------------------------
@@ -240,8 +246,9 @@ class Server:
         self.client._jobs = jobs
 
     def _put_tokens(self, n: int) -> int:
-        """Write up to ``n`` new tokens without blocking; how many fit (pipe
-        and fifo: a sem pool is never resized)."""
+        """Write up to ``n`` new tokens without blocking; how many fit."""
+        if self.style == "sem":
+            return self._release_tokens(n)
         wfd = self._fds[1]
         if sys.platform.startswith("linux"):
             circulating = self._size.total - self._size.withheld + n
@@ -257,6 +264,18 @@ class Server:
             return int(_io.fill(wfd, TOKEN_BYTE, n))
         finally:
             os.set_blocking(wfd, True)
+
+    def _release_tokens(self, n: int) -> int:
+        """Release ``n`` new counts into the semaphore; how many fit (its
+        maximum is far above any pool, see _core.sem.SEM_MAX_COUNT)."""
+        put = 0
+        for _ in range(n):
+            try:
+                self._transport.write(TOKEN_BYTE)
+            except JobserverError:  # at the maximum count
+                break
+            put += 1
+        return put
 
     # -- for children ------------------------------------------------------------
     @property
@@ -313,11 +332,12 @@ class Server:
             raise JobserverError(
                 f"reconcile() needs every pool token back: this process still holds {held}"
             )
-        wfd = self._fds[1]
-        rfd = self._transport.read_fd
         with self._size._lock:  # withheld tokens count as present
             missing = self._size.total - self._size.withheld - self.available()
-            self._fix(wfd, rfd, missing)
+            if self.style == "sem":
+                self._fix_sem(missing)
+            else:
+                self._fix(self._fds[1], self._transport.read_fd, missing)
         self._size.set_cap(self._size._cap, self._size._limited_by)  # withhold again
         return missing
 
@@ -335,6 +355,14 @@ class Server:
                 if got == 0:
                     break
                 extra -= got
+
+    def _fix_sem(self, missing: int) -> None:
+        if missing > 0:
+            self._release_tokens(missing)
+        else:
+            for _ in range(-missing):
+                if self._transport.try_read() == _io.AGAIN:
+                    break
 
     def close(self) -> None:
         """Check the pool (TokenLeakWarning when tokens are missing, like make's
