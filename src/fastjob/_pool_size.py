@@ -58,7 +58,8 @@ class ServerStatistics:
     the limits); ``free``: tokens in the pool now (None if unknowable);
     ``withheld``: tokens the server holds out of circulation; ``limited_by``:
     the limits holding slots back now ("load", "memory", "memory-pressure",
-    "cpu-pressure"), empty when none does.
+    "cpu-pressure"; "slow-start" while the governor starts a pool with little
+    memory room slowly), empty when none does.
     """
 
     jobs: int
