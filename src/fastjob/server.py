@@ -201,7 +201,9 @@ class Server:
     def statistics(self) -> ServerStatistics:
         """A frozen snapshot: ``jobs`` asked for, ``effective`` allowed now,
         ``free`` tokens in the pool (None if unknowable), ``withheld``, and
-        ``limited_by``: the limits holding slots back now."""
+        ``limited_by``: the limits holding slots back now ("load", "memory",
+        "memory-pressure", "cpu-pressure"), or "slow-start" while a pool
+        with little memory room above its floor starts (docs/governor.md)."""
         err = self._size.error or (self._governor.error if self._governor else None)
         if err is not None:
             raise JobserverError(f"the pool's resize or governor thread failed: {err!r}")
