@@ -378,9 +378,10 @@ class Server:
             if os.getpid() == self._pid:
                 short = self._shortfall()
                 if short:
+                    expected = self.expected()  # withheld and held here left out
                     warn_at_caller(
                         f"fastjob: {short} jobserver token(s) were not returned "
-                        f"(pool {self.jobs - 1 - short}, expected {self.jobs - 1}); "
+                        f"(pool {expected - short}, expected {expected}); "
                         "a child probably died holding them",
                         TokenLeakWarning,
                     )
