@@ -27,7 +27,7 @@ import select
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, cast
 
 from . import _io
 from ._core.transport import Transport
@@ -92,7 +92,9 @@ class PoolSize:
         # A semaphore pool (Windows) has no fd to poll: the settle thread waits
         # in the kernel for a count to come back (take_returned), woken by
         # wake_take; pipe and fifo pools are polled.
-        self._takes: _Takes | None = transport if hasattr(transport, "take_returned") else None  # type: ignore[assignment]
+        self._takes: _Takes | None = None
+        if hasattr(transport, "take_returned"):
+            self._takes = cast(_Takes, transport)
         self.jobs = jobs
         self.total = jobs - 1
         self._withheld: list[int] = []
