@@ -244,3 +244,26 @@ def test_governor_limits_say_they_are_unsupported_here() -> None:
     with s:
         st = s.statistics()
         assert (st.effective, st.withheld, st.limited_by) == (3, 0, ())
+
+
+def test_the_rust_crate_in_a_grown_and_a_shrunk_pool(tmp_path: Path) -> None:
+    """The jobserver crate (cargo's, rustc's) as a client: a pool created at
+    2 slots and grown to 5 (its releases go above the first size, which a
+    make-style maximum would refuse), then shrunk to 3."""
+    from .test_win_rust import rust_peer
+
+    peer = rust_peer()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL")}
+    with fastjob.Server(2) as s:
+        for size in (5, 3):
+            s.resize(size)
+            out = tmp_path / str(size)
+            out.mkdir()
+            done = subprocess.run([peer, "client", "10", str(out)], env=s.env(env),
+                                  capture_output=True, text=True, timeout=TIMEOUT,
+                                  stdin=subprocess.DEVNULL)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert s.available() == size - 1 and s.reconcile() == 0
+            spans = read_stamps(out)
+            assert len(spans) == 10 and max_overlap(spans) == size, (size, spans)
