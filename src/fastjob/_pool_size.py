@@ -26,6 +26,8 @@ import os
 import select
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Protocol, cast
 
@@ -101,6 +103,8 @@ class PoolSize:
         self._cap: int | None = None
         self._limited_by: tuple[str, ...] = ()
         self._thread: threading.Thread | None = None
+        self._taking = False  # the sem settle thread is in take_returned
+        self._paused = 0  # quiet() callers: the sem settle thread takes nothing
         self._wake_r = self._wake_w = -1
         self._closed = False
         self._pid = os.getpid()
@@ -247,11 +251,21 @@ class PoolSize:
                 with self._lock:
                     if self._closed:
                         return
+                    if self._paused:
+                        self._cond.wait()  # quiet(): until it ends
+                        continue
                     self._settle()
                     if self.total - len(self._withheld) - (self._effective() - 1) <= 0:
                         self._cond.wait()  # until _poke: a new target or close
                         continue
-                if not takes.take_returned(SETTLE_POLL):
+                    self._taking = True
+                try:
+                    got = takes.take_returned(SETTLE_POLL)
+                finally:
+                    with self._lock:
+                        self._taking = False
+                        self._cond.notify_all()
+                if not got:
                     continue
                 with self._lock:
                     owed = self.total - len(self._withheld) - (self._effective() - 1)
@@ -293,6 +307,24 @@ class PoolSize:
             self.error = exc
 
     # -- accounting ------------------------------------------------------------------
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Hold the lock with no token in the settle thread's hands: a count
+        the sem settle thread has taken but not yet withheld would be
+        missing from the pool and from ``withheld`` alike (reconcile() would
+        put a new one in).  Pipe and fifo pools read under the lock anyway."""
+        with self._lock:
+            self._paused += 1
+            try:
+                while self._taking:
+                    if self._takes is not None:
+                        self._takes.wake_take()
+                    self._cond.wait(0.05)
+                yield
+            finally:
+                self._paused -= 1
+                self._cond.notify_all()
+
     def give_back_all(self) -> None:
         """Put every withheld token back into the pool (before close, so
         children still running keep a consistent pool).  Only the owner: a
