@@ -324,3 +324,36 @@ def test_governor_on_a_semaphore_pool(kernel: CountingKernel) -> None:
         assert (st.effective, st.withheld, st.free, st.limited_by) == (2, 2, 1, ("load",))
         assert _count(s, kernel) == 1
 
+
+
+class SlowHandKernel(CountingKernel):
+    """After a wait of the server's settle thread that took a count, that
+    thread is "descheduled" for 50 ms: a count in its hands, in neither the
+    semaphore nor the withheld list."""
+
+    def wait(self, sem: int, cancel: int, timeout: float | None) -> int:
+        r = super().wait(sem, cancel, timeout)
+        if r == _sem.SEM_ACQUIRED and threading.current_thread().name == "fastjob-pool-size":
+            time.sleep(0.05)
+        return r
+
+
+def test_reconcile_never_counts_a_token_in_the_settle_threads_hands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    k = SlowHandKernel()
+    monkeypatch.setattr(_server, "_sem_api", k)
+    with fastjob.Server(4, style="sem") as s:
+        h = s._transport._sem  # type: ignore[attr-defined]
+        name = s._sem_name
+        for _ in range(5):
+            assert k.try_acquire(h)  # a "child" holds one count
+            s.resize(1)  # the two free ones withheld at once; one owed
+            assert s.withheld == 2 and s._size.owed == 1
+            with k.cond:  # the settle thread waits in the kernel
+                assert k.cond.wait_for(lambda: bool(k.queues.get(name)), 10)
+            k.release(h)  # the child returns it: handed to that wait
+            assert s.reconcile() == 0  # nothing was lost
+            assert s.withheld == 3 and s.available() == 0
+            s.resize(4)
+            assert s.available() == 3 and s.withheld == 0 and s.reconcile() == 0

@@ -302,6 +302,7 @@ class ThreadSemaphores:
                         return _sem.SEM_TIMEOUT
                     if ticket not in queue:
                         queue.append(ticket)
+                        self.cond.notify_all()  # (observers: a wait is queued)
                     self.cond.wait(left)
             finally:
                 if ticket in queue:

@@ -334,7 +334,7 @@ class Server:
             raise JobserverError(
                 f"reconcile() needs every pool token back: this process still holds {held}"
             )
-        with self._size._lock:  # withheld tokens count as present
+        with self._size.quiet():  # withheld tokens count as present; none in transit
             missing = self._size.total - self._size.withheld - self.available()
             if self.style == "sem":
                 self._fix_sem(missing)
