@@ -25,6 +25,13 @@
 #      native extension, then the pytest part again with
 #      FASTJOB_NO_EXTENSIONS=1 (the pure-Python package, ctypes semaphores).
 # It prints one closing line per run: "LABEL: N passed, N failed, N skipped".
+#
+# Quick reruns after a change to Python files only (the package or the tests):
+#   FASTJOB_WIN_QUICK="tests/win/test_win_resize.py -x" bash scripts/test_windows.sh
+# skips the C side and the build: it copies src/fastjob and tests/ into the
+# venv of the last full run (same cache) and runs pytest with those arguments
+# there, native and pure.  It refuses when the extension's sources
+# (src/_fastjob.pyx, src/*.h) changed since that run: run once without it.
 # Downloads and the prepared interpreters are cached in $FASTJOB_WIN_CACHE
 # (default ~/.cache/fastjob-win), so a rerun takes a few minutes.
 #
@@ -131,7 +138,12 @@ print(f"{label}: {n('tests') - failed - n('skipped')} passed, {failed} failed, {
 EOF
 }
 
+# What the cached extension was built from (FASTJOB_WIN_QUICK checks it).
+native_key() { cat src/_fastjob.pyx src/*.h | sha256sum | cut -c1-32; }
+
 total_failed=0
+QUICK=${FASTJOB_WIN_QUICK:-}
+if [ -z "$QUICK" ]; then
 say "the C side (Linux Python): MinGW and clang-MSVC builds of fastjob_io_win.h under wine"
 rc=0
 FASTJOB_WIN_REQUIRED=1 "$HOSTPY" -m pytest -q -rs tests/test_windows_sem.py \
@@ -139,6 +151,47 @@ FASTJOB_WIN_REQUIRED=1 "$HOSTPY" -m pytest -q -rs tests/test_windows_sem.py \
 line=$(summarize windows-c-side "$CACHE/junit-cside.xml")
 echo "$line"
 [[ $rc = 0 && $line == *" 0 failed"* ]] || total_failed=$((total_failed + 1))
+fi
+
+# FASTJOB_WIN_QUICK: the Python files into the last full run's venv, then pytest.
+quick_run() {
+    local T=$1 W="$CACHE/work-$1" sp mode label junit rc line
+    local VPY="$W/venv/Scripts/python.exe"
+    if [ ! -x "$VPY" ] || [ ! -d "$W/t" ]; then
+        echo "test_windows.sh: no full run cached in $W; run once without FASTJOB_WIN_QUICK" >&2
+        return 2
+    fi
+    if [ "$(cat "$W/native.key" 2>/dev/null)" != "$(native_key)" ]; then
+        echo "test_windows.sh: the extension's sources changed since the cached build;" \
+             "run once without FASTJOB_WIN_QUICK" >&2
+        return 2
+    fi
+    sp="$W/venv/Lib/site-packages/fastjob"
+    say "quick: src/fastjob and tests/ into $W (extension of the last full run)"
+    rm -rf "$sp" "$W/t/tests"
+    cp -r src/fastjob "$sp"
+    cp -r tests "$W/t/tests"
+    find "$sp" "$W/t/tests" -name __pycache__ -prune -exec rm -rf {} +
+    export FASTJOB_WIN_RUST_PEER
+    FASTJOB_WIN_RUST_PEER=$(winpath "$RUST_PEER")
+    read -r -a qargs <<< "$QUICK"
+    for mode in native pure; do
+        label="windows-$T-$mode-quick"
+        junit="$W/junit-quick-$mode.xml"
+        rm -f "$junit"
+        rc=0
+        if [ "$mode" = pure ]; then
+            (cd "$W/t" && FASTJOB_NO_EXTENSIONS=1 wrun "$VPY" -m pytest -q -rs "${qargs[@]}" \
+                "--junitxml=$(winpath "$junit")") || rc=$?
+        else
+            (cd "$W/t" && wrun "$VPY" -m pytest -q -rs "${qargs[@]}" \
+                "--junitxml=$(winpath "$junit")") || rc=$?
+        fi
+        line=$(summarize "$label" "$junit")
+        echo "$line"
+        [[ $rc = 0 && $line == *" 0 failed"* ]] || total_failed=$((total_failed + 1))
+    done
+}
 
 for V in $PYTHONS; do
     T=cp${V/./}                    # cp312
@@ -183,6 +236,10 @@ EOF
         touch "$PYDIR/.fastjob-ready"
     fi
     PYEXE="$PYDIR/python.exe"
+    if [ -n "$QUICK" ]; then
+        quick_run "$T" || { [ $? = 2 ] && exit 2; }
+        continue
+    fi
     wrun "$PYEXE" -c "import sys; print('windows python', sys.version.split()[0], sys.platform)"
 
     # -- 3. build ---------------------------------------------------------------------------
@@ -196,6 +253,7 @@ EOF
     x86_64-w64-mingw32-gcc -shared -O2 "${defs[@]}" -I"$PYDIR/include" -I"$W/src/src" \
         "$W/build/_fastjob.c" -L"$PYDIR" -l"python${V/./}" -static-libgcc \
         -o "$W/build/_fastjob.pyd"
+    (cd "$W/src" && native_key) > "$W/native.key"
     say "the wheel"
     (cd "$W/src" && FASTJOB_NO_EXTENSIONS=1 wrun "$PYEXE" -m pip wheel -q --no-deps \
         --no-build-isolation --no-index -w "$(winpath "$W/dist")" .)

@@ -140,21 +140,98 @@ def test_grows_only_after_two_calm_seconds_one_slot_at_a_time(pool: fastjob.Serv
     assert pool.statistics().effective == 6
 
 
-def test_memory_floor_starts_at_one_slot_and_names_the_limits(pool: fastjob.Server) -> None:
-    src = FakeSource(Readings(mem_available=8 << 30, memory_pressure=0.0))
+def test_limits_satisfied_at_start_give_the_full_size(pool: fastjob.Server) -> None:
+    """Plenty of memory (and every other limit met): no slow start, nothing
+    reported as limiting."""
+    src = FakeSource(Readings(load=0.1, mem_available=64 << 30, memory_pressure=0.0,
+                              cpu_pressure=0.0))
+    clock = FakeClock()
+    g = Governor(fastjob.Limits(load_average=4, min_free_memory="4G", max_memory_pressure=20,
+                                max_cpu_pressure=50), pool._size, source=src, clock=clock)
+    g.prepare()
+    st = pool.statistics()
+    assert (st.jobs, st.effective, st.free, st.withheld, st.limited_by) == (6, 6, 5, 0, ())
+    for _ in range(12):
+        clock.t += 0.25
+        g.step()
+        assert pool.statistics().effective == 6 and pool.statistics().limited_by == ()
+    # the first excess: the rule, one slot per tick, named for what it is
+    src.r = Readings(load=0.1, mem_available=3 << 30, memory_pressure=0.0, cpu_pressure=0.0)
+    clock.t += 0.25
+    g.step()
+    st = pool.statistics()
+    assert st.effective == 5 and st.limited_by == ("memory",)
+
+
+def test_just_enough_room_per_slot_is_a_full_start(pool: fastjob.Server) -> None:
+    from fastjob._governor import SLOW_START_ROOM
+
+    floor = 4 << 30
+    g = Governor(fastjob.Limits(min_free_memory=floor), pool._size,
+                 source=FakeSource(Readings(mem_available=floor + 6 * SLOW_START_ROOM)),
+                 clock=FakeClock())
+    g.prepare()
+    assert pool.statistics().effective == 6 and pool.statistics().limited_by == ()
+    with fastjob.Server(6) as other:  # one byte less room: a slow start
+        g = Governor(fastjob.Limits(min_free_memory=floor), other._size,
+                     source=FakeSource(Readings(mem_available=floor + 6 * SLOW_START_ROOM - 1)),
+                     clock=FakeClock())
+        g.prepare()
+        assert other.statistics().effective == 1
+        assert other.statistics().limited_by == ("memory",)
+
+
+def test_little_room_above_the_floor_is_a_slow_start_named_memory(pool: fastjob.Server) -> None:
+    """1 GiB above a 4 GiB floor for 6 slots: start at one slot, grow by the
+    hysteresis rule, and name the limit it guards, "memory" (limited_by
+    keeps to the contract's four names), until the pool is whole."""
+    src = FakeSource(Readings(mem_available=5 << 30, memory_pressure=0.0))
     clock = FakeClock()
     g = Governor(fastjob.Limits(min_free_memory="4G", max_memory_pressure=20), pool._size,
                  source=src, clock=clock)
     g.prepare()
-    assert pool.statistics().effective == 1 and pool.statistics().limited_by == ("memory",)
-    clock.t += 2.0
-    g.step()
-    assert pool.statistics().effective == 2
+    st = pool.statistics()
+    assert (st.effective, st.withheld, st.limited_by) == (1, 5, ("memory",))
+    history = []
+    for _ in range(8):
+        clock.t += 0.25
+        g.step()
+        history.append(pool.statistics())
+    assert [h.effective for h in history] == [1] * 7 + [2]  # after 2 calm seconds
+    assert all(h.limited_by == ("memory",) for h in history)
     src.r = Readings(mem_available=3 << 30, memory_pressure=30.0)
     clock.t += 0.25
     g.step()
     st = pool.statistics()
     assert st.effective == 1 and st.limited_by == ("memory", "memory-pressure")
+    src.r = Readings(mem_available=5 << 30, memory_pressure=0.0)
+    for _ in range(int(5 * 2.0 / 0.25)):
+        clock.t += 0.25
+        g.step()
+    st = pool.statistics()
+    assert st.effective == 6 and st.limited_by == () and st.withheld == 0
+
+
+def test_memory_below_the_floor_at_start_is_one_slot_named_memory(pool: fastjob.Server) -> None:
+    src = FakeSource(Readings(load=9.0, mem_available=3 << 30))
+    g = Governor(fastjob.Limits(load_average=4, min_free_memory="4G"), pool._size,
+                 source=src, clock=FakeClock())
+    g.prepare()
+    st = pool.statistics()
+    assert (st.effective, st.withheld, st.limited_by) == (1, 5, ("load", "memory"))
+
+
+def test_never_below_one_slot_from_a_slow_start(pool: fastjob.Server) -> None:
+    src = FakeSource(Readings(mem_available=(4 << 30) + 1))
+    clock = FakeClock()
+    g = Governor(fastjob.Limits(min_free_memory="4G"), pool._size, source=src, clock=clock)
+    g.prepare()
+    src.r = Readings(mem_available=1 << 20)
+    for _ in range(10):
+        clock.t += 0.25
+        g.step()
+        assert pool.statistics().effective == 1
+    assert pool.statistics().limited_by == ("memory",)
 
 
 def test_resize_under_a_cap_keeps_the_cap(pool: fastjob.Server) -> None:
@@ -207,6 +284,29 @@ def test_psi_file_parsing(tmp_path: Path) -> None:
         "some avg10=12.34 avg60=1.00 avg300=0.50 total=1\nfull avg10=0.00 avg60=0 avg300=0 total=0\n"
     )
     assert ProcSource(root=str(tmp_path), platform="linux").pressure("cpu") == 12.34
+
+
+@needs_proc
+def test_real_memory_plentiful_at_start_is_the_full_size() -> None:
+    """The real /proc source, a floor far below MemAvailable: full size from
+    the first moment, nothing limiting, and it stays so."""
+    with fastjob.Server(4, limits=fastjob.Limits(min_free_memory="1M")) as s:
+        st = s.statistics()
+        assert (st.jobs, st.effective, st.free, st.withheld, st.limited_by) == (4, 4, 3, 0, ())
+        time.sleep(0.6)
+        st = s.statistics()
+        assert (st.effective, st.withheld, st.limited_by) == (4, 0, ())
+
+
+@needs_proc
+def test_real_memory_little_room_is_a_slow_start() -> None:
+    avail = _meminfo_available()
+    floor = avail - (256 << 20)  # 256 MiB of room for 4 slots
+    with fastjob.Server(4, limits=fastjob.Limits(min_free_memory=floor)) as s:
+        st = s.statistics()
+        assert st.effective == 1 and st.withheld == 3
+        # a slow start, or the floor crossed if something took the 256 MiB
+        assert st.limited_by == ("memory",)
 
 
 def test_governor_thread_runs_in_the_server() -> None:

@@ -95,7 +95,9 @@ def test_close_warns_when_a_token_is_really_missing_after_resize() -> None:
     s = fastjob.Server(6)
     s.resize(3)
     os.read(s._transport.read_fd, 1)  # lost by a "child"
-    with pytest.warns(fastjob.TokenLeakWarning, match="1 jobserver token"):
+    # the counts in the message are of the circulation (3 withheld): 1 of 2
+    with pytest.warns(fastjob.TokenLeakWarning,
+                      match=r"1 jobserver token.*\(pool 1, expected 2\)"):
         s.close()
 
 
@@ -282,13 +284,157 @@ def test_a_forked_child_closing_its_copy_leaves_the_owner_working() -> None:
         assert s.statistics().effective == 3 and s.available() == 2
 
 
-def test_a_semaphore_pool_refuses_resize_clearly() -> None:
-    from fastjob._pool_size import PoolSize
 
-    class SemLike:
-        style = "sem"
+def _hammer(s: fastjob.Server, code: str, log: Path, stop: Path,
+            extra: list[list[str]]) -> list[subprocess.Popen[str]]:
+    return [
+        subprocess.Popen([sys.executable, "-c", code, str(log), str(stop), *args],
+                         env=s.env(), pass_fds=s.pass_fds, stdout=subprocess.PIPE, text=True)
+        for args in extra
+    ]
 
-    size = PoolSize(SemLike(), 4, lambda n: n, lambda n: None)  # type: ignore[arg-type]
-    with pytest.raises(fastjob.UnsupportedPlatformError, match="semaphore"):
-        size.resize(2)
-    assert size.jobs == 4
+
+def _settled_peak(s: fastjob.Server, log: Path, new: int) -> int:
+    """Wait until the shrink to ``new`` has settled and the hammering went on
+    for a while; the most holders at once from then on (checked <= new - 1)."""
+    _wait_for(lambda: s._size.owed == 0)
+    mark = len(log.read_bytes().splitlines())
+    size = log.stat().st_size
+    if new > 1:
+        _wait_for(lambda: log.stat().st_size > size + 3000)
+    else:
+        time.sleep(0.3)
+    lines = log.read_bytes().splitlines()
+    at_mark, peak = _max_holders(lines, mark)
+    assert at_mark <= new - 1 and peak <= new - 1, (new, at_mark, peak)
+    if new == 1:
+        assert len(lines) - mark <= 1  # at most one '-' that was already under way
+    return peak
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_rapid_resizes_under_a_hammer_lose_nothing(style: str, tmp_path: Path) -> None:
+    """Hundreds of resizes, up and down, none waiting for the last to settle,
+    while 4 processes hammer: the withholding never takes a held token, never
+    loses or invents one, and the size asked for last is what holds."""
+    import random
+
+    rng = random.Random(16)
+    log, stop = tmp_path / "log", tmp_path / "stop"
+    log.write_bytes(b"")
+    with fastjob.Server(6, style=style) as s:
+        procs = _hammer(s, HAMMER, log, stop, [[] for _ in range(4)])
+        try:
+            _wait_for(lambda: log.stat().st_size > 2000)
+            for _ in range(300):
+                s.resize(rng.randint(1, 9))
+                if rng.random() < 0.3:
+                    time.sleep(rng.random() * 0.003)
+            s.resize(3)
+            _settled_peak(s, log, 3)
+            s.resize(8)  # grown: the 4 processes can all hold at once again
+            _wait_for(lambda: s._size.owed == 0)
+            mark = len(log.read_bytes().splitlines())
+            size = log.stat().st_size
+            _wait_for(lambda: log.stat().st_size > size + 20000)
+            _, peak = _max_holders(log.read_bytes().splitlines(), mark)
+            assert 2 <= peak <= 4  # more than the old size allowed; never more than the 4
+            s.resize(6)
+        finally:
+            stop.write_bytes(b"")
+            outs = [p.communicate(timeout=30)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        # tokens once written stay (withheld when not wanted): total - 5 of them
+        assert s.available() == 5 and s.withheld == s._size.total - 5
+        assert s.reconcile() == 0
+
+
+ASYNC_HAMMER = r"""
+import os, random, sys, time
+import anyio
+import fastjob
+log_path, stop, backend = sys.argv[1], sys.argv[2], sys.argv[3]
+log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+client = fastjob.from_env(strict=True, implicit_token=False)
+count = [0]
+
+async def worker(i: int) -> None:
+    me = f"{os.getpid()}.{i}".encode()
+    while not os.path.exists(stop):
+        with anyio.move_on_after(0.2):
+            tok = await client.acquire()
+            try:
+                os.write(log, b"+" + me + b"\n")
+                await anyio.sleep(random.random() * 0.004)
+            finally:
+                os.write(log, b"-" + me + b"\n")  # before the release, cancelled or not
+                tok.release()
+            count[0] += 1
+
+async def main() -> None:
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(worker, i)
+
+anyio.run(main, backend=backend)
+client.close()
+print(count[0])
+"""
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_resize_while_asyncio_and_trio_processes_hammer(style: str, tmp_path: Path) -> None:
+    """2 asyncio and 2 trio processes, 3 tasks each, waiting with await
+    client.acquire() (cancelled every 0.2 s): shrinks settle with no more
+    holders than the new size, growth is used, every token is back."""
+    log, stop = tmp_path / "log", tmp_path / "stop"
+    log.write_bytes(b"")
+    with fastjob.Server(7, style=style) as s:
+        kinds = ["asyncio", "trio", "asyncio", "trio"]
+        procs = _hammer(s, ASYNC_HAMMER, log, stop, [[k] for k in kinds])
+        try:
+            _wait_for(lambda: log.stat().st_size > 3000)
+            for new in (4, 2, 7, 3):
+                s.resize(new)
+                _settled_peak(s, log, new)
+                st = s.statistics()
+                assert (st.jobs, st.effective, st.withheld) == (new, new, 7 - new)
+            s.resize(7)
+        finally:
+            stop.write_bytes(b"")
+            outs = [p.communicate(timeout=30)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        assert all(int(o) > 0 for o in outs), outs
+        assert s.available() == 6 and s.withheld == 0 and s.reconcile() == 0
+
+
+def test_cancelled_async_waiters_wake_when_an_empty_pool_grows(tmp_path: Path) -> None:
+    """Shrink to 1 (no token in circulation) for a second while every
+    process's waiters time out and retry, then grow: every process must
+    acquire again."""
+    log, stop = tmp_path / "log", tmp_path / "stop"
+    log.write_bytes(b"")
+    with fastjob.Server(7) as s:
+        kinds = ["asyncio", "trio", "asyncio", "trio"]
+        procs = _hammer(s, ASYNC_HAMMER, log, stop, [[k] for k in kinds])
+        try:
+            _wait_for(lambda: log.stat().st_size > 3000)
+            s.resize(1)
+            _wait_for(lambda: s._size.owed == 0)
+            time.sleep(1.0)
+            mark = len(log.read_bytes().splitlines())
+            s.resize(7)
+            pids = {str(p.pid).encode(): kind for p, kind in zip(procs, kinds)}
+
+            def seen() -> set[bytes]:
+                return {ln[1:].split(b".")[0] for ln in log.read_bytes().splitlines()[mark:]}
+
+            try:
+                _wait_for(lambda: seen() >= set(pids), timeout=10)
+            except AssertionError:
+                raise AssertionError(("not woken", sorted(pids[p] for p in set(pids) - seen()),
+                                      s.statistics())) from None
+        finally:
+            stop.write_bytes(b"")
+            outs = [p.communicate(timeout=30)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs

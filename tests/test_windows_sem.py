@@ -226,6 +226,12 @@ def test_sem_module_type_checks_for_windows() -> None:
 
 
 # -- the Python side over an in-process stand-in for kernel semaphores ----------------
+class _Ticket:
+    """A wait in the kernel's queue (compared by identity)."""
+
+    granted = False
+
+
 class ThreadSemaphores:
     """Named semaphores and auto-reset events with the kernel's rules
     (maximum count, EEXIST, ENOENT once every handle is closed), for the
@@ -238,6 +244,7 @@ class ThreadSemaphores:
         self.handles: dict[int, str] = {}  # handle -> semaphore name or "#event"
         self.events: dict[int, bool] = {}
         self.waits = 0  # counts taken by a (blocking) wait
+        self.queues: dict[str, list[_Ticket]] = {}  # waits in the kernel, oldest first
         self._ids = itertools.count(100)
 
     def _name(self, h: int) -> str:
@@ -273,28 +280,46 @@ class ThreadSemaphores:
 
     def wait(self, sem: int, cancel: int, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
+        ticket = _Ticket()  # granted by release: a count handed to this wait
         with self.cond:
-            while True:
-                if cancel and self.events.get(cancel):
-                    self.events[cancel] = False  # auto-reset
-                    return _sem.SEM_CANCELLED
-                name = self._name(sem)
-                if self.counts[name] > 0:
-                    self.counts[name] -= 1
-                    self.waits += 1
-                    self.cond.notify_all()
-                    return _sem.SEM_ACQUIRED
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return _sem.SEM_TIMEOUT
-                self.cond.wait(left)
+            queue = self.queues.setdefault(self._name(sem), [])
+            try:
+                while True:
+                    if ticket.granted:
+                        self.waits += 1
+                        return _sem.SEM_ACQUIRED
+                    if cancel and self.events.get(cancel):
+                        self.events[cancel] = False  # auto-reset
+                        return _sem.SEM_CANCELLED
+                    name = self._name(sem)
+                    if self.counts[name] > 0:
+                        self.counts[name] -= 1
+                        self.waits += 1
+                        self.cond.notify_all()
+                        return _sem.SEM_ACQUIRED
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return _sem.SEM_TIMEOUT
+                    if ticket not in queue:
+                        queue.append(ticket)
+                        self.cond.notify_all()  # (observers: a wait is queued)
+                    self.cond.wait(left)
+            finally:
+                if ticket in queue:
+                    queue.remove(ticket)
 
     def release(self, sem: int) -> None:
+        """As the kernel does: a count released while threads wait goes to
+        the longest waiting one (the releaser cannot take it straight back)."""
         with self.cond:
             name = self._name(sem)
             if self.counts[name] >= self.maxima[name]:
                 raise OSError(errno.EOVERFLOW, "too many posts")
-            self.counts[name] += 1
+            queue = self.queues.get(name)
+            if queue:
+                queue.pop(0).granted = True
+            else:
+                self.counts[name] += 1
             self.cond.notify_all()
 
     def event_create(self) -> int:
@@ -349,18 +374,33 @@ def pool(kernel: ThreadSemaphores) -> Iterator[tuple[fastjob.Client, str]]:
         server_t.close()
 
 
-def test_pool_is_created_like_makes(kernel: ThreadSemaphores) -> None:
+def test_pool_is_created_like_makes_but_can_grow(kernel: ThreadSemaphores) -> None:
     t, name = _sem.create_semaphore_pool(4, api=kernel)
     try:
         assert name.startswith("fastjob_semaphore_")
-        assert kernel.count_of(name) == 3 and kernel.maxima[name] == 3
+        # jobs - 1 counts, as make's; the maximum is far above (resize grows it)
+        assert kernel.count_of(name) == 3 and kernel.maxima[name] == _sem.SEM_MAX_COUNT
+        assert _sem.SEM_MAX_COUNT == 0x7FFFFFFF  # MAXLONG, the most Windows allows
         assert t.auth() == fastjob.JobserverAuth("sem", name=name)
         assert t.pass_fds == () and t.available() == 3
-        with pytest.raises(fastjob.JobserverError, match="already full"):
-            t.write(ord("+"))  # nothing was taken: the kernel refuses
+        t.write(ord("+"))  # a release never reaches the maximum
+        assert t.available() == 4
     finally:
         t.close()
     assert name not in kernel.counts
+
+
+def test_a_full_semaphore_refuses_a_release_clearly(kernel: ThreadSemaphores) -> None:
+    """make's own semaphore (maximum == initial count): a release of a token
+    never taken is the kernel's error, said clearly."""
+    h = kernel.create("gmake_semaphore_4242", 2, 2)
+    t = _sem.SemaphoreTransport("gmake_semaphore_4242", handle=h, api=kernel)
+    try:
+        with pytest.raises(fastjob.JobserverError, match="already full"):
+            t.write(ord("+"))
+        assert t.available() == 2
+    finally:
+        t.close()
 
 
 def test_missing_semaphore_is_a_closed_pool(kernel: ThreadSemaphores) -> None:

@@ -16,8 +16,16 @@ The rule (hysteresis), applied every ``tick`` (250 ms):
   stayed under its limit for ``calm`` seconds (2 s) since the last change,
   ``effective`` grows by one slot, which restarts the clock.  So growth is
   at most one slot per 2 s, shrinking up to four slots per second.
-* With a memory floor the pool starts at one slot and grows by the same
-  rule (a slow start): before jobs run nobody knows how much one takes.
+* The start.  A pool whose limits are all satisfied starts at full size,
+  ``limited_by=()``.  A limit already exceeded at the start applies the rule
+  at once (one slot less), except the memory floor: MemAvailable already
+  below it starts the pool at one slot, ``limited_by`` naming it.  A *slow
+  start* is kept for one case only: a memory floor with little room above
+  it, less than SLOW_START_ROOM (512 MiB) per slot (``jobs * 512 MiB``).
+  Before any job runs nobody knows how much one takes, so with that little
+  room the pool starts at one slot and grows by the rule above; it is
+  reported as ``limited_by=("memory",)`` (the limit it guards) until the
+  pool is whole again.
 
 A slot taken away is withheld by the server as its token comes back; a job
 that holds a token keeps it (see _pool_size).
@@ -37,10 +45,14 @@ from typing import Callable, Protocol
 
 from ._errors import JobserverWarning
 
-__all__ = ["Governor", "Limits", "ProcSource", "Readings", "parse_size"]
+__all__ = ["SLOW_START", "Governor", "Limits", "ProcSource", "Readings", "parse_size"]
 
 TICK = 0.25
 CALM = 2.0
+#: Room above the memory floor per slot below which the pool starts slowly.
+SLOW_START_ROOM = 512 << 20
+#: What ``limited_by`` says during a slow start (not a limit being exceeded).
+SLOW_START = "memory"  # the limit a slow start is for: the contract's names only
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -312,12 +324,26 @@ class Governor:
                 stacklevel=4,
             )
         self._calm_since = self._clock()
-        if "memory" in self.active:
-            self._cap = 1  # slow start: see the module docstring
-            self._last_over = ("memory",)
-            self._size.set_cap(1, ("memory",))
+        over = self._over(first)
+        if "memory" in over:
+            # Below the floor before anything ran: one slot (module docstring).
+            self._start_at_one(over)
+        elif not over and self._little_room(first):
+            self._start_at_one((SLOW_START,))
         else:
-            self.step(first)
+            self.step(first)  # full size, or the rule applied to what is exceeded
+
+    def _start_at_one(self, why: tuple[str, ...]) -> None:
+        self._cap = 1
+        self._last_over = why
+        self._size.set_cap(1, why)
+
+    def _little_room(self, r: Readings) -> bool:
+        """A memory floor with less than SLOW_START_ROOM per slot above it."""
+        floor = self.limits.free_memory_bytes
+        if "memory" not in self.active or floor is None or r.mem_available is None:
+            return False
+        return r.mem_available - floor < self._size.jobs * SLOW_START_ROOM
 
     def step(self, r: Readings | None = None) -> int | None:
         """One tick: read (or take ``r``), apply the rule; returns the cap."""

@@ -10,9 +10,11 @@ of circulation).  ``total`` counts them all; the tokens in circulation are
 * Growing gives withheld bytes back to the pool first, then writes new ones.
 * Shrinking reads free tokens back from the pool without blocking and keeps
   them.  A token a job holds is never taken: the server withholds it when it
-  comes back, so while the shrink is *owed* a thread waits (poll, no busy
-  loop) for the pool to become readable and reads again.  Nothing here ever
-  blocks the caller.
+  comes back, so while the shrink is *owed* a thread waits (no busy loop) for
+  tokens to come back: poll() on a pipe or fifo pool; on a semaphore pool
+  (Windows, no fd to poll) a kernel wait on the semaphore and a wake-up
+  event, which takes the count it waited for.  Nothing here ever blocks the
+  caller.
 
 Withheld tokens count as present for ``reconcile()`` and the leak check at
 close: the pool plus the withheld tokens must make up ``total``.
@@ -26,7 +28,15 @@ import sys
 import threading
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
-    from typing import Callable
+    from types import TracebackType
+    from typing import Callable, Protocol
+
+    class _Takes(Protocol):
+        """What a semaphore pool offers the settle thread (_core.sem)."""
+
+        def take_returned(self, timeout: float) -> bool: ...
+
+        def wake_take(self) -> None: ...
 
 from . import _io
 from ._core.transport import Transport
@@ -37,6 +47,7 @@ __all__ = ["PoolSize"]
 #: Longest a settle thread sleeps in poll() before it looks again (it is also
 #: woken through its pipe whenever the target changes).
 SETTLE_POLL = 0.25
+TOKEN_BYTE = ord("+")
 
 
 class PoolSize:
@@ -58,12 +69,21 @@ class PoolSize:
         self._fill = fill
         self._on_jobs = on_jobs
         self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)  # wakes an idle sem settle thread
+        # A semaphore pool (Windows) has no fd to poll: the settle thread waits
+        # in the kernel for a count to come back (take_returned), woken by
+        # wake_take; pipe and fifo pools are polled.
+        self._takes: _Takes | None = None
+        if hasattr(transport, "take_returned"):
+            self._takes = transport  # type: ignore[assignment]  # it has take_returned
         self.jobs = jobs
         self.total = jobs - 1
         self._withheld: list[int] = []
         self._cap: int | None = None
         self._limited_by: tuple[str, ...] = ()
         self._thread: threading.Thread | None = None
+        self._taking = False  # the sem settle thread is in take_returned
+        self._paused = 0  # quiet() callers: the sem settle thread takes nothing
         self._wake_r = self._wake_w = -1
         self._closed = False
         self._pid = os.getpid()
@@ -104,13 +124,6 @@ class PoolSize:
             raise TypeError(f"jobs must be an int, not {type(jobs).__name__}")
         if jobs < 1:
             raise ValueError(f"resize({jobs}): a pool needs at least one slot (jobs >= 1)")
-        if self._t.style == "sem":
-            # The semaphore's maximum count is fixed when it is created, and
-            # waiting for its count needs a Windows wait, not poll().
-            raise UnsupportedPlatformError(
-                "resize() of a Windows semaphore pool is not supported yet; "
-                "create the Server with the size you need"
-            )
         with self._lock:
             self._check_open()
             old = self.jobs
@@ -183,21 +196,64 @@ class PoolSize:
             if owed <= 0:
                 return
             if self._thread is None:
-                self._wake_r, self._wake_w = os.pipe()
-                os.set_blocking(self._wake_r, False)
-                os.set_blocking(self._wake_w, False)
+                if self._takes is None:
+                    self._wake_r, self._wake_w = os.pipe()
+                    os.set_blocking(self._wake_r, False)
+                    os.set_blocking(self._wake_w, False)
                 self._thread = threading.Thread(
-                    target=self._run, name="fastjob-pool-size", daemon=True
+                    target=self._run if self._takes is None else self._run_sem,
+                    name="fastjob-pool-size", daemon=True,
                 )
                 self._thread.start()
                 return
         self._poke()
 
     def _poke(self) -> None:
+        if self._takes is not None:
+            with self._lock:
+                self._cond.notify_all()
+            self._takes.wake_take()
+            return
         try:
             os.write(self._wake_w, b"k")
         except (BlockingIOError, OSError):
             pass  # a wake-up is already pending (or the pipe is gone)
+
+    def _run_sem(self) -> None:
+        """The settle thread of a semaphore pool: while a shrink is owed, take
+        counts as they come back (a kernel wait of at most SETTLE_POLL, woken
+        by _poke) and withhold them; otherwise sleep until _poke."""
+        takes = self._takes
+        assert takes is not None
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        return
+                    if self._paused:
+                        self._cond.wait()  # quiet(): until it ends
+                        continue
+                    self._settle()
+                    if self.total - len(self._withheld) - (self._effective() - 1) <= 0:
+                        self._cond.wait()  # until _poke: a new target or close
+                        continue
+                    self._taking = True
+                try:
+                    got = takes.take_returned(SETTLE_POLL)
+                finally:
+                    with self._lock:
+                        self._taking = False
+                        self._cond.notify_all()
+                if not got:
+                    continue
+                with self._lock:
+                    owed = self.total - len(self._withheld) - (self._effective() - 1)
+                    if owed > 0 and not self._closed:
+                        self._withheld.append(TOKEN_BYTE)
+                    else:
+                        self._t.write(TOKEN_BYTE)  # grown meanwhile: not ours to keep
+        except BaseException as exc:  # reported by Server.statistics() / close()
+            self.error = exc
 
     def _run(self) -> None:
         poller = select.poll()
@@ -230,6 +286,14 @@ class PoolSize:
             self.error = exc
 
     # -- accounting ------------------------------------------------------------------
+    def quiet(self) -> _Quiet:
+        """``with size.quiet():`` hold the lock with no token in the settle
+        thread's hands: a count the sem settle thread has taken but not yet
+        withheld would be missing from the pool and from ``withheld`` alike
+        (reconcile() would put a new one in).  Pipe and fifo pools read
+        under the lock anyway.  (A class, not contextlib: start-up.)"""
+        return _Quiet(self)
+
     def give_back_all(self) -> None:
         """Put every withheld token back into the pool (before close, so
         children still running keep a consistent pool).  Only the owner: a
@@ -255,7 +319,41 @@ class PoolSize:
                 self._poke()
                 thread.join(5.0)
             for fd in (self._wake_r, self._wake_w):
+                if fd < 0:
+                    continue
                 try:
                     os.close(fd)
                 except OSError:
                     pass
+
+
+class _Quiet:
+    """The context manager of PoolSize.quiet()."""
+
+    __slots__ = ("_size",)
+
+    def __init__(self, size: PoolSize) -> None:
+        self._size = size
+
+    def __enter__(self) -> None:
+        size = self._size
+        size._lock.acquire()
+        try:
+            size._paused += 1
+            while size._taking:
+                if size._takes is not None:
+                    size._takes.wake_take()
+                size._cond.wait(0.05)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        size = self._size
+        try:
+            size._paused -= 1
+            size._cond.notify_all()
+        finally:
+            size._lock.release()

@@ -32,7 +32,8 @@ class ServerStatistics:
     the limits); ``free``: tokens in the pool now (None if unknowable);
     ``withheld``: tokens the server holds out of circulation; ``limited_by``:
     the limits holding slots back now ("load", "memory", "memory-pressure",
-    "cpu-pressure"), empty when none does.
+    "cpu-pressure"; "memory" also while a pool with little room above its
+    memory floor starts slowly), empty when none does.
     """
 
     jobs: int

@@ -35,6 +35,12 @@ if sys.platform != "win32":  # fcntl does not exist on Windows
     _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
+#: Tests only: a stand-in for the Windows semaphore calls (a
+#: fastjob._core.sem.SemaphoreAPI).  When set, style="sem" pools use it, on
+#: any platform.
+_sem_api: Any = None
+
+
 def default_style() -> str:
     return "sem" if sys.platform == "win32" else "pipe"
 
@@ -167,14 +173,14 @@ class Server:
         self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
 
     def _make_sem(self) -> None:
-        if sys.platform != "win32":
+        if sys.platform != "win32" and _sem_api is None:
             raise UnsupportedPlatformError(
                 "style='sem' is the Windows jobserver (a named semaphore); "
                 "use 'pipe' or 'fifo' on POSIX"
             )
         from ._core.sem import create_semaphore_pool
 
-        self._transport, self._sem_name = create_semaphore_pool(self.jobs)
+        self._transport, self._sem_name = create_semaphore_pool(self.jobs, api=_sem_api)
         self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
 
     # -- size ----------------------------------------------------------------------
@@ -200,7 +206,9 @@ class Server:
     def statistics(self) -> ServerStatistics:
         """A frozen snapshot: ``jobs`` asked for, ``effective`` allowed now,
         ``free`` tokens in the pool (None if unknowable), ``withheld``, and
-        ``limited_by``: the limits holding slots back now."""
+        ``limited_by``: the limits holding slots back now ("load", "memory",
+        "memory-pressure", "cpu-pressure"; "memory" also while a pool with
+        little room above its memory floor starts slowly: docs/governor.md)."""
         err = self._size.error or (self._governor.error if self._governor else None)
         if err is not None:
             raise JobserverError(f"the pool's resize or governor thread failed: {err!r}")
@@ -247,8 +255,9 @@ class Server:
         self.client._jobs = jobs
 
     def _put_tokens(self, n: int) -> int:
-        """Write up to ``n`` new tokens without blocking; how many fit (pipe
-        and fifo: a sem pool is never resized)."""
+        """Write up to ``n`` new tokens without blocking; how many fit."""
+        if self.style == "sem":
+            return self._release_tokens(n)
         wfd = self._fds[1]
         if sys.platform.startswith("linux"):
             circulating = self._size.total - self._size.withheld + n
@@ -264,6 +273,18 @@ class Server:
             return int(_io.fill(wfd, TOKEN_BYTE, n))
         finally:
             os.set_blocking(wfd, True)
+
+    def _release_tokens(self, n: int) -> int:
+        """Release ``n`` new counts into the semaphore; how many fit (its
+        maximum is far above any pool, see _core.sem.SEM_MAX_COUNT)."""
+        put = 0
+        for _ in range(n):
+            try:
+                self._transport.write(TOKEN_BYTE)
+            except JobserverError:  # at the maximum count
+                break
+            put += 1
+        return put
 
     # -- for children ------------------------------------------------------------
     @property
@@ -319,11 +340,12 @@ class Server:
             raise JobserverError(
                 f"reconcile() needs every pool token back: this process still holds {held}"
             )
-        wfd = self._fds[1]
-        rfd = self._transport.read_fd
-        with self._size._lock:  # withheld tokens count as present
+        with self._size.quiet():  # withheld tokens count as present; none in transit
             missing = self._size.total - self._size.withheld - self.available()
-            self._fix(wfd, rfd, missing)
+            if self.style == "sem":
+                self._fix_sem(missing)
+            else:
+                self._fix(self._fds[1], self._transport.read_fd, missing)
         self._size.set_cap(self._size._cap, self._size._limited_by)  # withhold again
         return missing
 
@@ -342,6 +364,14 @@ class Server:
                     break
                 extra -= got
 
+    def _fix_sem(self, missing: int) -> None:
+        if missing > 0:
+            self._release_tokens(missing)
+        else:
+            for _ in range(-missing):
+                if self._transport.try_read() == _io.AGAIN:
+                    break
+
     def close(self) -> None:
         """Check the pool (TokenLeakWarning when tokens are missing, like make's
         "INTERNAL: Exiting with N jobserver tokens available; should be M!"),
@@ -354,9 +384,10 @@ class Server:
             if os.getpid() == self._pid:
                 short = self._shortfall()
                 if short:
+                    expected = self.expected()  # withheld and held here left out
                     warn_at_caller(
                         f"fastjob: {short} jobserver token(s) were not returned "
-                        f"(pool {self.jobs - 1 - short}, expected {self.jobs - 1}); "
+                        f"(pool {expected - short}, expected {expected}); "
                         "a child probably died holding them",
                         TokenLeakWarning,
                     )

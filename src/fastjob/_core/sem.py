@@ -64,6 +64,13 @@ WAIT_SLICE: Final = 0.05
 #: woken by its cancel event at once; this only bounds a wedged thread).
 _SETTLE_TIMEOUT: Final = 2.0
 _ERROR_TOO_MANY_POSTS: Final = 298
+#: The maximum count of a semaphore fastjob creates (Windows' MAXLONG).  make
+#: for Windows creates its semaphore with maximum == initial count; fastjob's
+#: pool can grow (Server.resize), so its maximum is far above any pool: a
+#: client's release never reaches it.  (A release of a token that was never
+#: acquired is then not refused by the kernel; Server.reconcile() and the
+#: count at close see it.)
+SEM_MAX_COUNT: Final = 0x7FFFFFFF
 _names = itertools.count()
 
 
@@ -310,6 +317,8 @@ class SemaphoreTransport(Transport):
         self._fg_cancel = 0  # wakes wait_token callers
         self._fg_gen = 0  # bumped by cancel_waits()
         self._fg_waiters = 0
+        self._take_cancel = 0  # wakes take_returned (the owner's resize thread)
+        self._take_waiters = 0
         self._rsock, self._wsock = socket.socketpair()
         self._rsock.setblocking(False)
         self._wsock.setblocking(False)
@@ -422,6 +431,46 @@ class SemaphoreTransport(Transport):
                 self._api.event_set(ev)
             except OSError:
                 pass  # closed meanwhile: the waits end with JobserverClosedError
+
+    def take_returned(self, timeout: float) -> bool:
+        """For the pool owner's resize thread, which withholds tokens as they
+        come back: take a free token (parked or in the semaphore), waiting in
+        the kernel up to ``timeout`` seconds for one.  True when one was taken
+        (the caller now holds it); False after ``timeout`` or when
+        :meth:`wake_take` was called.  Its own cancel event: client waits
+        are not disturbed."""
+        with self._lock:
+            if self._closed:
+                raise self.closed_error()
+            if self._claim_locked():
+                return True
+            if not self._take_cancel:
+                self._take_cancel = self._api.event_create()
+            ev = self._take_cancel
+            self._take_waiters += 1
+        try:
+            return self._api.wait(self._sem, ev, max(0.0, timeout)) == SEM_ACQUIRED
+        finally:
+            with self._lock:
+                self._take_waiters -= 1
+                self._cond.notify_all()
+
+    def wake_take(self) -> None:
+        """Make a :meth:`take_returned` under way (or the next one) return at once."""
+        with self._lock:
+            if self._closed:
+                return
+            if not self._take_cancel:
+                try:
+                    self._take_cancel = self._api.event_create()
+                except OSError:
+                    return  # take_returned then ends by its timeout
+            ev = self._take_cancel
+        if ev:
+            try:
+                self._api.event_set(ev)
+            except OSError:
+                pass
 
     def write(self, byte: int) -> None:
         try:
@@ -536,7 +585,7 @@ class SemaphoreTransport(Transport):
             self._closed = True
             pending, self._pending = self._pending, 0
             self._cond.notify_all()
-        for ev in (self._cancel, self._fg_cancel):
+        for ev in (self._cancel, self._fg_cancel, self._take_cancel):
             if ev:
                 try:
                     self._api.event_set(ev)
@@ -548,33 +597,33 @@ class SemaphoreTransport(Transport):
         with self._lock:
             # wait_token callers leave within one slice; their handles must
             # stay open until then.
-            self._cond.wait_for(lambda: not self._fg_waiters, 5.0)
+            self._cond.wait_for(lambda: not self._fg_waiters and not self._take_waiters, 5.0)
         self._give_back(pending)
         self._close_handles()
 
     def _close_handles(self) -> None:
         self._rsock.close()
         self._wsock.close()
-        for h in (self._cancel, self._fg_cancel, self._sem):
+        for h in (self._cancel, self._fg_cancel, self._take_cancel, self._sem):
             if h:
                 try:
                     self._api.close(h)
                 except OSError:
                     pass
-        self._cancel = self._fg_cancel = self._sem = 0
+        self._cancel = self._fg_cancel = self._take_cancel = self._sem = 0
 
 
 def create_semaphore_pool(
     jobs: int, api: SemaphoreAPI | None = None
 ) -> tuple[SemaphoreTransport, str]:
-    """A new semaphore holding ``jobs - 1`` tokens (at most that many, as make
-    does; at least 1 as the maximum, which Windows requires) and its name."""
+    """A new semaphore holding ``jobs - 1`` tokens and its name.  Its maximum
+    count is SEM_MAX_COUNT, not ``jobs - 1`` as make's: the pool can grow."""
     api = semaphore_api() if api is None else api
     tokens = jobs - 1
     for _ in range(1000):
         name = f"fastjob_semaphore_{os.getpid()}_{next(_names)}"
         try:
-            handle = api.create(name, tokens, max(tokens, 1))
+            handle = api.create(name, tokens, SEM_MAX_COUNT)
         except FileExistsError:
             continue
         return SemaphoreTransport(name, handle=handle, api=api), name

@@ -84,7 +84,7 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--min-free-memory", type=size_arg, metavar="SIZE", dest="min_free_memory",
         help="hold job slots back while MemAvailable is below SIZE (bytes, or e.g. 4G, 512M); "
-        "the pool starts at one slot and grows as memory allows",
+        "with little room above SIZE at the start (under 512 MiB per slot) the pool starts at one slot and grows as memory allows",
     )
     g.add_argument(
         "--max-pressure", type=parse_pressure, metavar="memory=PCT,cpu=PCT", dest="max_pressure",
