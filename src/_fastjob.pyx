@@ -747,11 +747,11 @@ cdef class Ready:
     def send(self, arg):
         return self.__next__()
 
-    def throw(self, *args):
+    def throw(self, typ, val=None, tb=None):
         self.value = None
-        if len(args) == 1:
-            raise args[0]
-        raise args[1] if args[1] is not None else args[0]()
+        if val is None:
+            raise typ  # an exception instance, or a class to instantiate
+        raise val
 
     def close(self):
         self.value = None
@@ -778,7 +778,7 @@ cdef extern from *:
     #endif
     """
 
-AM_SEND = bool(fj_install_am_send(<PyTypeObject *>Ready))
+AM_SEND = 1 if fj_install_am_send(<PyTypeObject *>Ready) else 0  # an int, as every constant here
 
 
 def ready(value=None):

@@ -7,6 +7,7 @@ whose creation fails leaves nothing in TMPDIR."""
 from __future__ import annotations
 
 import gc
+import warnings
 import os
 import stat
 import sys
@@ -413,3 +414,25 @@ def test_failed_fifo_server_leaves_nothing(tmp_path: Path) -> None:
     results = out.stdout.split()
     assert "failed" in results and "ok" in results, out.stdout  # both paths ran
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("client_first", [True, False])
+def test_dropped_server_warns_once_whichever_is_finalized_first(client_first: bool) -> None:
+    """A Server and its client are one garbage cycle; the collector may run
+    either finalizer first.  Either way: one ResourceWarning, the Server's,
+    and the pool's fds are freed."""
+    gc.collect()
+    before = open_fds()
+    s = fastjob.Server(3)
+    c = s.client
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = (c, s) if client_first else (s, c)
+        first.__del__()  # what the collector does, in this order
+        second.__del__()
+    kinds = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert len(kinds) == 1 and "unclosed <fastjob.Server" in kinds[0], kinds
+    assert c.closed
+    del s, c, first, second
+    gc.collect()
+    assert open_fds() <= before

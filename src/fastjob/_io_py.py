@@ -771,7 +771,7 @@ class Ready:
         yield  # a generator: done at its first step  # noqa: B901
 
 
-AM_SEND = False
+AM_SEND = 0
 
 
 def ready(value: Any = None) -> Any:

@@ -1129,7 +1129,11 @@ class Client:
             return
         what = repr(self)
         leaked = self._shutdown()  # first: a warning turned into an error must not skip it
-        warnings.warn(f"fastjob: unclosed {what}; close() it", ResourceWarning, stacklevel=2)
+        if getattr(self, "_server", None) is None:
+            # A Server's own client dies only with its Server (each keeps the
+            # other alive), in the same garbage cycle, finalized in either
+            # order: the Server's ResourceWarning speaks for both.
+            warnings.warn(f"fastjob: unclosed {what}; close() it", ResourceWarning, stacklevel=2)
         if leaked:
             warnings.warn(
                 f"fastjob: {leaked} token(s) still held when {what} was garbage collected; "
