@@ -411,9 +411,13 @@ def _set_leak_warning(cls):
 cdef class Core
 
 
-# No @cython.freelist here: a recycled object keeps its "finalized" GC bit,
-# so its __del__ (the leak check) would never run again.
+# The leak check is in __dealloc__ (tp_dealloc), not __del__ (tp_finalize):
+# no finalizer call on every dealloc, and a freelist can recycle Tokens (a
+# finalized object would keep its "finalized" bit).  no_gc_clear: a Token
+# in a garbage cycle keeps its _holder until __dealloc__ has looked at it.
 @cython.final
+@cython.no_gc_clear
+@cython.freelist(64)
 cdef class Token:
     """A held job slot.  ``release()`` is sync, idempotent and thread-safe and
     writes back the byte that was read; the implicit token writes nothing.
@@ -465,7 +469,7 @@ cdef class Token:
         if core is not None:
             core._give(self)
 
-    def __del__(self):
+    def __dealloc__(self):
         cdef Core core = self._holder
         if core is None:
             return
