@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from . import _backend
 from .client import Client
 from .server import Server
 from ._slot import TaskSlot, current_slot, resolve_client
@@ -104,11 +105,49 @@ class JobGroup:
         self, fn: Callable[..., Awaitable[Any]], *args: Any, weight: int = 1, name: object = None
     ) -> None:
         """Wait for ``weight`` slots, then start ``fn(*args)`` holding them."""
+        if type(weight) is int and weight == 1 and self._sem is None and self._tg is not None:
+            # The common case, without a coroutine or a wait: a token that is
+            # free now (none while other waiters queue: they go first) is
+            # taken synchronously.  On trio this is still a checkpoint.
+            if _backend.is_trio():
+                import trio
+
+                await trio.lowlevel.checkpoint_if_cancelled()
+                tok = self.client.try_acquire()
+                if tok is None:
+                    return await self._spawn_slow(fn, args, weight, name)
+                try:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                except BaseException:
+                    tok.release()
+                    raise
+            else:
+                tok = self.client.try_acquire()
+                if tok is None:
+                    return await self._spawn_slow(fn, args, weight, name)
+            self.started += 1
+            try:
+                self._tg.start_soon(self._run, tok, fn, args, name=name)
+            except BaseException:
+                tok.release()
+                raise
+            return
+        await self._spawn_slow(fn, args, weight, name)
+
+    async def _spawn_slow(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], weight: int, name: object
+    ) -> None:
         weight = self._check_weight(weight)
         tg = self._group()
         slot = await self._slot(weight)
         self.started += 1
-        tg.start_soon(self._run, slot, fn, args, name=name)
+        try:
+            tg.start_soon(self._run, slot, fn, args, name=name)
+        except BaseException:
+            slot.release()
+            if self._sem is not None:
+                self._sem.release()
+            raise
 
     def start_soon(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, weight: int = 1, name: object = None
