@@ -363,14 +363,25 @@ def _argv(command: Any) -> list[Any]:
     return argv
 
 
+_environ_data: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
+
+
 def _resolve(program: Any, env: Mapping[Any, Any]) -> tuple[Any, bool]:
     """(path, search): posix_spawnp searches this process's PATH, so a child
     env with another PATH is searched here, as subprocess does."""
-    name = os.fsdecode(program)
-    if "/" in name:
-        return program, False
+    if type(program) is str:
+        if "/" in program:
+            return program, False
+        name = program
+    else:
+        name = os.fsdecode(program)
+        if "/" in name:
+            return program, False
     path = env.get(b"PATH") if _bytes_env(env) else env.get("PATH")
-    if path is None or os.fsencode(path) == os.environb.get(b"PATH"):
+    if path is None:
+        return program, True
+    ours = _environ_data.get(b"PATH") if _environ_data is not None else os.environb.get(b"PATH")
+    if (path if type(path) is bytes else os.fsencode(path)) == ours:
         return program, True
     for d in os.get_exec_path({"PATH": os.fsdecode(path)}):
         cand = os.path.join(d, name)
@@ -519,7 +530,7 @@ def spawn(
     DEVNULL, an fd or a file object (STDOUT for stderr); PIPE is resolved by
     the caller.  ``close_fds``: fds the child must not get."""
     argv = _argv(command)
-    if cwd is not None or any(v is not None and v != -1 for k, v in popen_kwargs.items()):
+    if cwd is not None or (popen_kwargs and any(v is not None and v != -1 for v in popen_kwargs.values())):
         return _spawn_popen(argv, env, stdin, stdout, stderr, pass_fds, start_new_session, cwd, popen_kwargs)
     actions: list[tuple[Any, ...]] = []
     for target, spec in ((0, stdin), (1, stdout), (2, stderr)):
