@@ -128,14 +128,19 @@ class JobGroup:
         """True when a waiter of the client other than this group's watcher
         is queued: a freed token is then the client's to hand out (first
         come, first served), not ours.  Unknown (another core) counts as yes."""
-        nwait = getattr(getattr(self._client, "_core", None), "nwait", None)
+        # Queued waiters only (served ones about to resume wait for nothing);
+        # without that count, the core's (queued + served), which is safe.
+        nwait = getattr(self._client, "_nwait", None)
         if nwait is None:
-            return True
+            nwait = getattr(getattr(self._client, "_core", None), "nwait", None)
+            if nwait is None:
+                return True
         return bool(nwait > (1 if self._watcher_queued else 0))
 
-    def _give(self, tok: Token) -> None:
+    def _give(self, tok: Token) -> bool:
         """A freed slot of this group: to the oldest waiting spawner, when
-        nobody else of the process waits; else back to the client."""
+        nobody else of the process waits (True); else back to the client
+        (False)."""
         try:
             if not self._others_wait():
                 wants = self._wants
@@ -145,7 +150,7 @@ class JobGroup:
                         fut.set_result(tok)
                         if not self._open:
                             self._end_watcher()
-                        return
+                        return True
                 if self._open and self._watching:
                     self._spares.append(tok)
                     if self._spare_timer is None:
@@ -153,11 +158,12 @@ class JobGroup:
 
                         loop = asyncio.get_running_loop()
                         self._spare_timer = loop.call_later(SPARE_GRACE, self._drop_spares)
-                    return
+                    return True
         except BaseException:
             tok.release()
             raise
         tok.release()
+        return False
 
     def _drop_spares(self) -> None:
         timer, self._spare_timer = self._spare_timer, None
@@ -208,7 +214,11 @@ class JobGroup:
                         tok = await client.acquire()
                     finally:
                         self._watcher_queued = False
-                    self._give(tok)
+                    if not self._give(tok):
+                        # Given back: another waiter of the process is first.
+                        # Let it run before queueing again (the token may be
+                        # free again at once, and acquire does not yield).
+                        await asyncio.sleep(0)
         finally:
             self._watching = False
             self._watcher_need = None
