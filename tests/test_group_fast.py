@@ -317,3 +317,51 @@ async def test_group_exit_does_not_wait_for_the_pool() -> None:
             assert done.is_set()
         outside.release()
         assert c.statistics().tokens_held == 0
+
+
+async def test_mixed_spawners_outsiders_and_short_jobs_never_exceed_the_pool() -> None:
+    """Jobs of random lengths (0 to 3 ms), an outsider taking and giving back
+    slots, pauses in the spawner: every path of the hand-off (direct, spare,
+    dropped spare, watcher, the client's queue) in one run."""
+    import random
+
+    rng = random.Random(15)
+    with fastjob.Server(jobs=2) as server:
+        c = server.client
+        running = 0
+        most = 0
+        done = 0
+
+        async def job() -> None:
+            nonlocal running, most, done
+            running += 1
+            most = max(most, running)
+            try:
+                await anyio.sleep(rng.choice((0, 0, 0.001, 0.003)))
+            finally:
+                running -= 1
+                done += 1
+
+        async def outsider() -> None:
+            nonlocal running, most
+            for _ in range(30):
+                async with c.token():
+                    running += 1  # the pool's slots, whoever holds them
+                    most = max(most, running)
+                    try:
+                        await anyio.sleep(rng.choice((0, 0.002)))
+                    finally:
+                        running -= 1
+                await anyio.sleep(0.001)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(outsider)
+                async with fastjob.JobGroup(c) as group:
+                    for i in range(300):
+                        await group.spawn(job)
+                        if i % 37 == 0:
+                            await anyio.sleep(0.004)  # spares dropped meanwhile
+        assert done == 300
+        assert most <= 2
+        assert c.statistics().tokens_held == 0

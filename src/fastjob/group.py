@@ -165,6 +165,13 @@ class JobGroup:
         tok.release()
         return False
 
+    def _take_spare(self) -> Token:
+        tok = self._spares.pop()
+        if not self._spares and self._spare_timer is not None:
+            self._spare_timer.cancel()  # the grace starts again with the next spare
+            self._spare_timer = None
+        return tok
+
     def _drop_spares(self) -> None:
         timer, self._spare_timer = self._spare_timer, None
         if timer is not None:
@@ -279,9 +286,12 @@ class JobGroup:
                     tok.release()
                     raise
             else:
-                tok = self._spares.pop() if self._spares else self.client.try_acquire()
+                tok = self._take_spare() if self._spares else self.client.try_acquire()
                 if tok is None:
-                    if not (self._running and self._open):
+                    # Jobs of ours that will end, or the watcher already in
+                    # the client's queue (which try_acquire then defers to):
+                    # wait for the hand-off, not behind our own watcher.
+                    if not (self._open and (self._running or self._watching)):
                         return await self._spawn_slow(fn, args, weight, name)
                     tok = await self._wait_handed()
             self.started += 1
