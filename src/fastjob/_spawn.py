@@ -123,6 +123,120 @@ async def wait_readable(fd: int) -> None:
         loop.remove_reader(fd)
 
 
+# -- the pidfds of running children, per asyncio loop -------------------------------
+class Reaper:
+    """One epoll set per asyncio (or uvloop) event loop holding the pidfds of
+    the children being waited for, each registered ``EPOLLONESHOT``; the set's
+    own fd is registered with the loop once.  Watching a child is one
+    ``epoll_ctl`` and one dict entry (no selector bookkeeping per child, no
+    task): when the child exits, the loop calls :meth:`_ready`, which runs the
+    child's callback (or completes its future).  A pidfd that fired is
+    disarmed (one shot) and leaves the set when it is closed."""
+
+    __slots__ = ("_loop", "_ep", "_pid", "_waiting", "__weakref__")
+
+    def __init__(self, loop: Any) -> None:
+        import select
+        import weakref
+
+        self._loop = weakref.ref(loop)  # not strong: the loop is the key of _reapers
+        self._ep = select.epoll()
+        self._pid = os.getpid()
+        self._waiting: dict[int, Any] = {}
+        loop.add_reader(self._ep.fileno(), self._ready)
+
+    def watch(self, pidfd: int, then: Any) -> None:
+        """Call ``then()`` (a callable) or complete ``then`` (an
+        asyncio.Future) from the loop once ``pidfd``'s process has exited."""
+        self._ep.register(pidfd, _EPOLL_ONCE)
+        self._waiting[pidfd] = then
+
+    def forget(self, pidfd: int) -> None:
+        """Stop watching ``pidfd`` (before it is closed; no-op if it fired)."""
+        if self._waiting.pop(pidfd, None) is not None:
+            try:
+                self._ep.unregister(pidfd)
+            except (OSError, ValueError):
+                pass
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def _ready(self) -> None:
+        try:
+            events = self._ep.poll(0)
+        except InterruptedError:
+            return
+        waiting = self._waiting
+        for fd, _ in events:
+            then = waiting.pop(fd, None)
+            if then is None:
+                continue
+            if isinstance(then, _Future):
+                if not then.done():
+                    then.set_result(None)
+                continue
+            try:
+                then()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # one callback's error must not lose the others
+                loop = self._loop()
+                if loop is None:
+                    raise
+                loop.call_exception_handler(
+                    {"message": "fastjob: exception in a child-exit callback", "exception": exc}
+                )
+
+    def close(self) -> None:
+        """Unregister from the loop and close the epoll set (the loop's end)."""
+        if not self._ep.closed:
+            loop = self._loop()
+            try:
+                if loop is not None:
+                    loop.remove_reader(self._ep.fileno())
+            except Exception:
+                pass  # the loop is closed already
+            self._ep.close()
+
+
+_EPOLL_ONCE = 0
+_Future: Any = None
+_get_running_loop: Any = None
+
+
+def _loop_getter() -> Any:
+    """asyncio's running-loop getter (None under trio), looked up once."""
+    global _get_running_loop
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return lambda: None  # asyncio never imported: this is trio
+    _get_running_loop = aio._get_running_loop
+    return _get_running_loop
+_reapers: Any = None  # WeakKeyDictionary[loop, Reaper]
+
+
+def reaper(loop: Any) -> Reaper:
+    """The :class:`Reaper` of an asyncio loop (made on first use; a forked
+    child makes its own)."""
+    global _reapers, _EPOLL_ONCE, _Future
+    if _reapers is None:
+        import asyncio
+        import select
+        import weakref
+
+        _EPOLL_ONCE = select.EPOLLIN | select.EPOLLONESHOT
+        _Future = asyncio.Future
+        _reapers = weakref.WeakKeyDictionary()
+    r: Reaper | None = _reapers.get(loop)
+    if r is None or r._pid != os.getpid():
+        r = _reapers[loop] = Reaper(loop)
+        import weakref
+
+        weakref.finalize(loop, r._ep.close)
+    return r
+
+
 async def wait_writable(fd: int) -> None:
     """Wait until ``fd`` is writable (as :func:`wait_readable`)."""
     if _backend.is_trio():
@@ -249,14 +363,25 @@ def _argv(command: Any) -> list[Any]:
     return argv
 
 
+_environ_data: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
+
+
 def _resolve(program: Any, env: Mapping[Any, Any]) -> tuple[Any, bool]:
     """(path, search): posix_spawnp searches this process's PATH, so a child
     env with another PATH is searched here, as subprocess does."""
-    name = os.fsdecode(program)
-    if "/" in name:
-        return program, False
+    if type(program) is str:
+        if "/" in program:
+            return program, False
+        name = program
+    else:
+        name = os.fsdecode(program)
+        if "/" in name:
+            return program, False
     path = env.get(b"PATH") if _bytes_env(env) else env.get("PATH")
-    if path is None or os.fsencode(path) == os.environb.get(b"PATH"):
+    if path is None:
+        return program, True
+    ours = _environ_data.get(b"PATH") if _environ_data is not None else os.environb.get(b"PATH")
+    if (path if type(path) is bytes else os.fsencode(path)) == ours:
         return program, True
     for d in os.get_exec_path({"PATH": os.fsdecode(path)}):
         cand = os.path.join(d, name)
@@ -321,7 +446,27 @@ class Child:
     async def exited(self) -> None:
         """Return once the child has exited (it is not reaped)."""
         if self.pidfd >= 0 and self.poll() is None:
-            await wait_readable(self.pidfd)
+            await self._exit()
+
+    async def _exit(self) -> None:
+        """Wait for the pidfd: on asyncio through the loop's :class:`Reaper`
+        (a future, no selector registration of its own), on trio directly."""
+        pidfd = self.pidfd
+        get = _get_running_loop or _loop_getter()
+        loop = get()
+        if loop is None:  # trio
+            import trio
+
+            await trio.lowlevel.wait_readable(pidfd)
+            return
+        fut = loop.create_future()
+        r = reaper(loop)
+        r.watch(pidfd, fut)
+        try:
+            await fut
+        except BaseException:
+            r.forget(pidfd)
+            raise
 
     async def wait(self, reap: bool = True) -> int:
         """Wait for the child to exit (and reap it); cancelling this stops its
@@ -330,7 +475,7 @@ class Child:
             await anyio.lowlevel.checkpoint()
         else:
             try:
-                await wait_readable(self.pidfd)
+                await self._exit()
             except BaseException:
                 await self.stop()
                 raise
@@ -385,7 +530,7 @@ def spawn(
     DEVNULL, an fd or a file object (STDOUT for stderr); PIPE is resolved by
     the caller.  ``close_fds``: fds the child must not get."""
     argv = _argv(command)
-    if cwd is not None or any(v is not None and v != -1 for k, v in popen_kwargs.items()):
+    if cwd is not None or (popen_kwargs and any(v is not None and v != -1 for v in popen_kwargs.values())):
         return _spawn_popen(argv, env, stdin, stdout, stderr, pass_fds, start_new_session, cwd, popen_kwargs)
     actions: list[tuple[Any, ...]] = []
     for target, spec in ((0, stdin), (1, stdout), (2, stderr)):

@@ -9,7 +9,8 @@ that are free with ``try_acquire``; one acquirer task waits for more only
 when none is free.  When a job ends and another command is waiting, the
 ended job's token goes straight to the next job (no release, no wake-up,
 no wait registration).  On Linux under asyncio (and uvloop) a job is started
-with posix_spawn and its end is one ``loop.add_reader`` callback on a pidfd;
+with posix_spawn and its end is one callback on a pidfd, which sits in the
+loop's one epoll set for children (:class:`fastjob._spawn.Reaper`);
 elsewhere (trio, or ``FASTJOB_PARALLEL_SPAWN=anyio``) each job is a task.
 
 Each job runs in its own process group with the pool in its environment and
@@ -32,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from functools import partial
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -376,6 +378,7 @@ class Runner:
         self._tg: Any = None
         self._acquirer_scope: anyio.CancelScope | None = None
         self._loop: Any = None  # the asyncio loop on the callback path
+        self._reaper: Any = None  # its _spawn.Reaper (the jobs' pidfds)
         self._t0 = time.monotonic()
         self._last_draw = 0.0
         self._drawn = False
@@ -399,7 +402,11 @@ class Runner:
         if self._fast and _backend_choice() != "trio":
             import asyncio
 
+            from .._spawn import reaper
+
             self._loop = asyncio.get_running_loop()
+            # one epoll set for every job's pidfd, registered with the loop once
+            self._reaper = reaper(self._loop)
         self._all_done = anyio.Event()
         if self.spec.joblog is not None:
             self._open_joblog(self.spec.joblog)
@@ -530,7 +537,7 @@ class Runner:
                 # through _complete when every command fails to start
                 self._loop.call_soon(self._spawn_failed, job, exc)
             else:
-                self._loop.add_reader(job.pidfd, self._on_exit, job)
+                self._reaper.watch(job.pidfd, partial(self._on_exit, job))
                 if self.spec.timeout is not None:
                     job.timer = self._loop.call_later(self.spec.timeout, self._time_out, job)
         if self.next == self.total:
@@ -575,8 +582,7 @@ class Runner:
     def _on_exit(self, job: _Job) -> None:
         """The pidfd callback: the job has exited."""
         try:
-            self._loop.remove_reader(job.pidfd)
-            os.close(job.pidfd)
+            os.close(job.pidfd)  # fired (one shot): closing takes it out of the set
             job.pidfd = -1
             assert job.pid is not None
             _, wstatus = os.waitpid(job.pid, 0)
@@ -732,8 +738,8 @@ class Runner:
         """On the way out: nothing may keep running or keep a token."""
         for pid, job in list(self.running.items()):
             _killpg(pid, signal.SIGKILL)
-            if job.pidfd >= 0 and self._loop is not None:
-                self._loop.remove_reader(job.pidfd)
+            if job.pidfd >= 0 and self._reaper is not None:
+                self._reaper.forget(job.pidfd)
                 os.close(job.pidfd)
                 job.pidfd = -1
             try:
