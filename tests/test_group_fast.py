@@ -365,3 +365,33 @@ async def test_mixed_spawners_outsiders_and_short_jobs_never_exceed_the_pool() -
         assert done == 300
         assert most <= 2
         assert c.statistics().tokens_held == 0
+
+
+@pytest.mark.parametrize("weight", [1, 2])
+async def test_tasks_cancelled_before_their_first_step_give_their_slots_back(weight: int) -> None:
+    """spawn() takes the slots and starts a task; the group is cancelled
+    before that task's first step.  (anyio starts such a task and cancels
+    it at its first checkpoint; a task closed unstarted would never run its
+    finally, so the group also gives back the slots of tasks that never ran.)
+    No TokenLeakWarning, no wait for the collector."""
+    import gc
+    import warnings
+
+    with fastjob.Server(4) as server, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ran = []
+
+        async def job() -> None:
+            ran.append(1)
+            await anyio.sleep(10)
+
+        with pytest.raises(Exception) as info:  # ZeroDivisionError, in an ExceptionGroup
+            async with fastjob.JobGroup(server) as group:
+                await group.spawn(job, weight=weight)
+                await group.spawn(job, weight=weight)
+                raise ZeroDivisionError  # before the tasks' first step
+        assert "ZeroDivisionError" in repr(info.value)
+        gc.collect()
+        assert not [w for w in caught if issubclass(w.category, fastjob.TokenLeakWarning)], caught
+        stats = server.client.statistics()
+        assert stats.tokens_held == 0 and server.available() == 3

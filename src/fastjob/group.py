@@ -43,6 +43,10 @@ class JobGroup:
         self._sem = anyio.Semaphore(limit) if limit is not None else None
         self._tg: TaskGroup | None = None
         self.started = 0
+        # Slots handed to tasks that have not run their first step yet: a
+        # task cancelled before it starts never runs its finally, so the
+        # group gives these back when it ends.
+        self._unstarted: dict[int, Token | TokenSet] = {}
         # The hand-off (asyncio, weight 1, no limit): spawners waiting for a
         # slot while jobs of this group run wait on a future each; a job that
         # ends gives its token straight to the oldest of them.  One watcher
@@ -87,6 +91,32 @@ class JobGroup:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
+            self._release_unstarted()
+
+    def _start(self, slot: Token | TokenSet, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+               name: object) -> None:
+        """Start a task running fn holding slot; the slot is the group's
+        until the task's first step."""
+        self.started += 1
+        self._unstarted[id(slot)] = slot
+        try:
+            self._group().start_soon(self._run, slot, fn, args, name=name)
+        except BaseException:
+            del self._unstarted[id(slot)]
+            slot.release()
+            if self._sem is not None:
+                self._sem.release()
+            raise
+
+    def _release_unstarted(self) -> None:
+        """The task group is over: slots of tasks that never ran go back."""
+        unstarted, self._unstarted = list(self._unstarted.values()), {}
+        for slot in unstarted:
+            try:
+                slot.release()
+            finally:
+                if self._sem is not None:
+                    self._sem.release()
 
     def _group(self) -> TaskGroup:
         if self._tg is None:
@@ -108,6 +138,7 @@ class JobGroup:
     async def _run(
         self, slot: Token | TokenSet, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
     ) -> None:
+        self._unstarted.pop(id(slot), None)  # ours from here (finally below)
         # run_process/open_process in this task use this slot for the child
         first = slot if isinstance(slot, Token) else next(iter(slot))
         current_slot.set(TaskSlot(self.client, first))
@@ -294,12 +325,7 @@ class JobGroup:
                     if not (self._open and (self._running or self._watching)):
                         return await self._spawn_slow(fn, args, weight, name)
                     tok = await self._wait_handed()
-            self.started += 1
-            try:
-                self._tg.start_soon(self._run, tok, fn, args, name=name)
-            except BaseException:
-                tok.release()
-                raise
+            self._start(tok, fn, args, name)
             return
         await self._spawn_slow(fn, args, weight, name)
 
@@ -307,16 +333,9 @@ class JobGroup:
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], weight: int, name: object
     ) -> None:
         weight = self._check_weight(weight)
-        tg = self._group()
+        self._group()
         slot = await self._slot(weight)
-        self.started += 1
-        try:
-            tg.start_soon(self._run, slot, fn, args, name=name)
-        except BaseException:
-            slot.release()
-            if self._sem is not None:
-                self._sem.release()
-            raise
+        self._start(slot, fn, args, name)
 
     def start_soon(
         self, fn: Callable[..., Awaitable[Any]], *args: Any, weight: int = 1, name: object = None
