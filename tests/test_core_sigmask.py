@@ -68,3 +68,50 @@ def test_other_threads_are_left_alone() -> None:
     th.start()
     th.join()
     assert out == [None]  # only the main thread runs Python handlers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
+def test_every_thread_fastjob_starts_blocks_every_signal() -> None:
+    """A process signal may go to any thread that does not block it, and
+    Python then runs the handler in the main thread even inside a masked
+    critical section: fastjob's own threads (reader, resize settle,
+    governor, control socket) must block them all."""
+    code = r"""
+import os, sys, threading, time
+import fastjob
+
+def blocked(tid):
+    for line in open(f"/proc/self/task/{tid}/status"):
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk")
+
+main = threading.get_native_id()
+before = {int(t) for t in os.listdir("/proc/self/task")}
+server = fastjob.Server(4, limits=fastjob.Limits(load_average=10_000))
+held = [server.client.try_acquire() for _ in range(4)]
+server.resize(2)                       # owed: the settle thread waits for returns
+os.environ["FASTJOB_WAIT_STRATEGY"] = "thread"
+reader_client = fastjob.from_env(server.env(), strict=True)
+reader_client.try_acquire_up_to(1)     # starts nothing yet on an empty pool...
+t = threading.Thread(target=lambda: reader_client.acquire_blocking(timeout=0.5) and None)
+t.start()                              # ...a waiter makes the reader thread run
+server.serve_control()                 # the control socket's thread
+time.sleep(0.3)
+ours = {int(x) for x in os.listdir("/proc/self/task")} - before - {t.native_id}
+masks = {tid: blocked(tid) for tid in ours}
+print(len(masks), " ".join(f"{m:x}" for m in masks.values()))
+t.join()
+for tok in held:
+    if tok is not None:
+        tok.release()
+reader_client.close()
+server.close()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    count, *masks = r.stdout.split()
+    assert int(count) >= 4, r.stdout  # governor, settle, control and reader threads
+    for m in masks:
+        # every signal Linux has up to SIGRTMAX (glibc keeps 32/33 for itself)
+        assert int(m, 16) | 0x180000000 >= 0xFFFFFFFE7FFFFFFF, r.stdout

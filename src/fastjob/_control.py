@@ -144,6 +144,9 @@ class ControlServer:
         self._thread.start()
 
     def _run(self) -> None:
+        from . import _io
+
+        _io.service_thread_signals()
         while True:
             ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [])
             if self._wake_r in ready or self._closed:

@@ -380,6 +380,9 @@ class Governor:
         self._thread.start()
 
     def _run(self) -> None:
+        from . import _io
+
+        _io.service_thread_signals()
         try:
             while not self._stop.wait(self.tick_interval):
                 self.step()

@@ -223,6 +223,7 @@ class PoolSize:
         """The settle thread of a semaphore pool: while a shrink is owed, take
         counts as they come back (a kernel wait of at most SETTLE_POLL, woken
         by _poke) and withhold them; otherwise sleep until _poke."""
+        _io.service_thread_signals()
         takes = self._takes
         assert takes is not None
         try:
@@ -256,6 +257,7 @@ class PoolSize:
             self.error = exc
 
     def _run(self) -> None:
+        _io.service_thread_signals()
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         fd = self._t.read_fd

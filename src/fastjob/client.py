@@ -25,7 +25,6 @@ import atexit
 import errno
 import math
 import os
-import signal
 import threading
 import time
 import warnings
@@ -1266,8 +1265,7 @@ class _Reader:
     def _run(self) -> None:
         # Signals go to the main thread, never here: a handler's exception
         # cannot land between our read and the hand-off.
-        if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        _io.service_thread_signals()
         c = self._client
         t = c._t
         kick_r = self._pipe()[0]
