@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,21 @@ ROOT = Path(__file__).resolve().parent.parent
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every async test runs on asyncio and on trio."""
     return str(request.param)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param("trio", id="trio"),
+    ]
+)
+def backend_with_uvloop(request: pytest.FixtureRequest) -> Any:
+    """asyncio, uvloop and trio: a module takes it as its anyio_backend with
+    ``from conftest import backend_with_uvloop as anyio_backend``."""
+    if request.param != "asyncio" and request.param != "trio":
+        pytest.importorskip("uvloop")
+    return request.param
 
 
 @pytest.fixture

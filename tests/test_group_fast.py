@@ -14,21 +14,9 @@ import anyio
 import pytest
 
 import fastjob
+from conftest import backend_with_uvloop as anyio_backend  # noqa: F401 - asyncio, uvloop, trio
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        pytest.param("trio", id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    if request.param != "asyncio" and request.param != "trio":
-        pytest.importorskip("uvloop")
-    return request.param
 
 
 async def test_never_more_tasks_than_slots() -> None:

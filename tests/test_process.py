@@ -22,6 +22,7 @@ import anyio
 import pytest
 
 import fastjob
+from conftest import backend_with_uvloop as anyio_backend  # noqa: F401 - asyncio, uvloop, trio
 from fastjob import _spawn
 
 pytestmark = pytest.mark.anyio
@@ -30,19 +31,6 @@ PY = sys.executable
 def needs_weights(fn: Any) -> Any:
     """Weighted tests (Client.acquire_many is part of the API now)."""
     return fn
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        pytest.param("trio", id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    if request.param != "asyncio" and request.param != "trio":
-        pytest.importorskip("uvloop")
-    return request.param
 
 
 @pytest.fixture(params=["fast", "portable"])

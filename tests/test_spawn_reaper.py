@@ -17,25 +17,13 @@ import anyio
 import pytest
 
 import fastjob
+from conftest import backend_with_uvloop as anyio_backend  # noqa: F401 - asyncio, uvloop, trio
 from fastjob import _spawn
 
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.skipif(not _spawn._probe(), reason="no posix_spawn + pidfd here"),
 ]
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        pytest.param("trio", id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    if request.param != "asyncio" and request.param != "trio":
-        pytest.importorskip("uvloop")
-    return request.param
 
 
 @pytest.fixture(autouse=True)
