@@ -169,20 +169,23 @@ def _Parser(*args: Any, **kwargs: Any) -> argparse.ArgumentParser:
     return _parser_class(*args, **kwargs)
 
 
-def _jobs(text: str) -> int:
+def positive_count(text: str, what: str, most: int | None = None, why: str = "") -> int:
+    """An argparse type: a whole number of ``what`` from 1 to ``most``."""
     import argparse
 
     try:
         n = int(text, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what}") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: the number of jobs must be at least 1")
-    if n > MAX_JOBS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: at most {MAX_JOBS} jobs (a pipe pool holds one byte per slot)"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of {what} must be at least 1")
+    if most is not None and n > most:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {most} {what}{why}")
     return n
+
+
+def _jobs(text: str) -> int:
+    return positive_count(text, "jobs", MAX_JOBS, " (a pipe pool holds one byte per slot)")
 
 
 def _count(text: str) -> int:

@@ -57,13 +57,9 @@ def add_parser(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFor
 
 
 def _count(text: str) -> int:
-    try:
-        n = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of slots") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: the number of slots must be at least 1")
-    return n
+    from . import positive_count
+
+    return positive_count(text, "slots")
 
 
 def check(ns: argparse.Namespace) -> tuple[list[str], int, int, list[str]] | str:
