@@ -447,9 +447,10 @@ def measure_wait_cpu(quick: bool = False, log: Callable[[str], None] = print) ->
 # ======================================================================================
 # 3b. CPU per hand-off per extra waiting process (N processes, one waiting task each)
 # ======================================================================================
-def _herd_worker(ctl_in: int, res_out: int, cpu_out: int) -> None:
+def _herd_worker(ctl_in: int, res_out: int, cpu_out: int, mode: str = "asyncio") -> None:
     """One waiting process: acquire, report, keep the token (the harness makes
-    a new one each round), wait again; at 'q' report its CPU and release all."""
+    a new one each round), wait again; at 'q' report its CPU and release all.
+    ``mode`` "blocking": a thread waits in acquire_blocking instead."""
     import anyio
 
     import fastjob
@@ -459,6 +460,24 @@ def _herd_worker(ctl_in: int, res_out: int, cpu_out: int) -> None:
     implicit = client.try_acquire()  # this process's own slot: keep it
     assert implicit is not None and implicit.implicit
     kept: list[Any] = []
+    if mode == "blocking":
+        import threading
+
+        def waiter_thread() -> None:
+            while True:
+                kept.append(client.acquire_blocking())
+                os.write(res_out, b"g")
+
+        threading.Thread(target=waiter_thread, daemon=True).start()
+        os.write(res_out, b"r")
+        c0 = time.process_time_ns()
+        while (b := os.read(ctl_in, 1)) == b"m":
+            c0 = time.process_time_ns()
+        os.write(cpu_out, struct.pack("=q", time.process_time_ns() - c0))
+        for t in kept:
+            t.release()
+        implicit.release()
+        os._exit(0)  # the waiting thread stays in its wait
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -487,7 +506,7 @@ def _herd_worker(ctl_in: int, res_out: int, cpu_out: int) -> None:
     client.close()
 
 
-def herd(n_procs: int, rounds: int, impl: str = "native", gap: float = 0.002) -> float:
+def herd(n_procs: int, rounds: int, impl: str = "native", gap: float = 0.002, mode: str = "asyncio") -> float:
     """CPU (ns, all waiting processes together) per hand-off with n_procs
     processes each waiting with one task on one pipe pool; each round the
     harness writes one new token and one waiter takes it."""
@@ -504,7 +523,7 @@ def herd(n_procs: int, rounds: int, impl: str = "native", gap: float = 0.002) ->
             ctls.append(cw)
             cpus.append(pr)
             procs.append(subprocess.Popen(
-                [PY, str(HERE / "bench_async.py"), "--worker", "herd", str(cr), str(res_w), str(pw)],
+                [PY, str(HERE / "bench_async.py"), "--worker", "herd", str(cr), str(res_w), str(pw), mode],
                 env=env, pass_fds=(r, w, cr, res_w, pw)))  # fmt: skip
             os.close(cr)
             os.close(pw)
@@ -534,7 +553,7 @@ def herd(n_procs: int, rounds: int, impl: str = "native", gap: float = 0.002) ->
     return total / rounds
 
 
-def measure_herd(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def measure_herd(quick: bool = False, log: Callable[[str], None] = print, mode: str = "asyncio") -> dict[str, Any]:
     """CPU per hand-off per extra waiting process: (cpu(N) - cpu(1)) / (N - 1)."""
     rounds = 150 if quick else 600
     reps = 2 if quick else 4
@@ -542,12 +561,12 @@ def measure_herd(quick: bool = False, log: Callable[[str], None] = print) -> dic
     per: dict[str, list[float]] = {"1": [], str(n): []}
     for rep in range(reps):
         for k in (1, n) if rep % 2 == 0 else (n, 1):
-            per[str(k)].append(herd(k, rounds))
-    log("  herd pass done")
+            per[str(k)].append(herd(k, rounds, mode=mode))
+    log(f"  herd pass ({mode}) done")
     m1 = statistics_median(per["1"])
     mn = statistics_median(per[str(n)])
     return {
-        "params": {"processes": n, "rounds": rounds, "reps": reps, "impl": "native, asyncio, proc-reopen"},
+        "params": {"processes": n, "rounds": rounds, "reps": reps, "impl": f"native, {mode}, proc-reopen"},
         "cpu_ns_per_handoff": {k: summary(v) for k, v in per.items()},
         "extra_per_process_ns": (mn - m1) / (n - 1),
     }
@@ -562,7 +581,8 @@ def herd_line(h: dict[str, Any]) -> str:
     n = h["params"]["processes"]
     c = h["cpu_ns_per_handoff"]
     x = h["extra_per_process_ns"] / 1000
-    return (f"- CPU per hand-off, all waiters together: 1 waiting process {fmt_ns(c['1']['median'])}, "
+    how = "threads in `acquire_blocking`" if "blocking" in h["params"]["impl"] else "asyncio tasks"
+    return (f"- CPU per hand-off ({how}), all waiters together: 1 waiting process {fmt_ns(c['1']['median'])}, "
             f"{n} waiting processes {fmt_ns(c[str(n)]['median'])}: {x:.1f} µs per extra waiting process "
             f"(target <= 10 µs: {'meets' if x <= 10 else 'MISSES'}).")
 
@@ -828,7 +848,7 @@ def main() -> None:
         elif kind == "handoff":
             _handoff_worker(rest[0], int(rest[1]), int(rest[2]))
         elif kind == "herd":
-            _herd_worker(int(rest[0]), int(rest[1]), int(rest[2]))
+            _herd_worker(int(rest[0]), int(rest[1]), int(rest[2]), rest[3])
         elif kind == "scale":
             print(json.dumps(_scale_worker(rest[0], [int(x) for x in rest[1].split(",")], int(rest[2]), rest[3] == "1")))
         return
@@ -839,6 +859,7 @@ def main() -> None:
         "handoff": measure_handoff(a.quick, log),
         "wait_cpu": measure_wait_cpu(a.quick, log),
         "herd": measure_herd(a.quick, log),
+        "herd_blocking": measure_herd(a.quick, log, mode="blocking"),
         "scale": measure_scale(a.quick, log),
     }
     if a.json:
@@ -853,6 +874,7 @@ def main() -> None:
     print(cpu_table(res["wait_cpu"]))
     print()
     print(herd_line(res["herd"]))
+    print(herd_line(res["herd_blocking"]))
     print()
     print(scale_table(res["scale"]))
 

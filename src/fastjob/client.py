@@ -82,6 +82,56 @@ def _wake_up_pipe(what: str) -> tuple[int, int]:
     return r, w
 
 
+class _ExclusiveWait:
+    """The thread leader's wait on Linux: a private epoll set holding the
+    pool's fd with EPOLLEXCLUSIVE and the wake-up pipe without.  A token
+    written to the pool then wakes one waiting process of those that wait
+    this way, not all of them (a plain poll wakes every one, and all but one
+    find the pipe empty).  Hand-on rule: a leader woken for a byte always
+    reads it (and hands it on, or writes it back) or, leaving instead, reads
+    and places it in _abandon, so that the wake the kernel gave it alone is
+    never dropped.  (An event loop cannot use this: a private epoll fd added
+    to the loop's own epoll is a nested wait, and the kernel wakes every
+    nested exclusive waiter.)"""
+
+    __slots__ = ("_ep", "_fd", "_wake_r")
+
+    def __init__(self, fd: int, wake_r: int) -> None:
+        import select
+
+        ep = select.epoll(2)
+        try:
+            ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            ep.register(wake_r, select.EPOLLIN)
+        except BaseException:
+            ep.close()
+            raise
+        self._ep = ep
+        self._fd = fd
+        self._wake_r = wake_r
+
+    @staticmethod
+    def usable() -> bool:
+        import select
+
+        return hasattr(select, "EPOLLEXCLUSIVE")
+
+    def wait(self, timeout: float | None) -> int:
+        """1: the pool's fd is readable (first, so a wake is never left
+        unread), 2: the wake-up pipe is, 0: timeout.  A signal's handler runs
+        here; if it raises, so does this (PEP 475 retries otherwise)."""
+        events = self._ep.poll(-1 if timeout is None else max(0.0, timeout), 2)
+        r = 0
+        for fd, _ in events:
+            if fd == self._fd:
+                return 1
+            r = 2
+        return r
+
+    def close(self) -> None:
+        self._ep.close()
+
+
 def _check_timeout(timeout: object) -> float | None:
     """None, or the timeout as a float; ValueError for NaN and non-numbers."""
     if timeout is None:
@@ -146,6 +196,11 @@ class _Waiter:
                 pass  # woken already, not yet looked
         elif self.event is not None:
             if _thread.get_ident() == self.thread:
+                ev = self.event
+                if self.loop is not None and self.state is None:
+                    if not ev.done():  # asyncio, no leader: the common hand-off
+                        ev.set_result(None)
+                    return
                 self.wake_in_loop()
             else:
                 loop = self.loop
@@ -196,44 +251,84 @@ class _FdWatch:
 
 class _AioFdWatch:
     """asyncio (and uvloop): one ``add_reader`` per fd per loop, shared by
-    every Client of that fd on that loop; when the fd is readable its
-    callback sets the future of each leader waiting on it.  No anyio
-    wait_readable, no cancel scope per wake: a leader waits on its own
-    future, which a hand-off sets as well."""
+    every Client of that fd on that loop and kept while any of them has a
+    waiter queued.  The callback reads the token itself (``Client._pump``:
+    one read, handed to the head of that client's queue, whose future it
+    sets), so a hand-off costs one callback and one task step, with no
+    leader task, no cancel scope and no re-registration per token; a loop
+    that lost the race for a byte runs one callback that reads nothing."""
 
-    waiting: dict[tuple[Any, int], list[Any]] = {}
+    waiting: dict[tuple[Any, int], list[Client]] = {}
+    # registrations whose last waiter was just served: dropped on the next
+    # loop iteration unless a waiter queued again (a task that takes tokens
+    # in a loop re-queues in the very step its hand-off wakes)
+    idle: set[tuple[Any, int]] = set()
 
     @classmethod
-    def watch(cls, loop: Any, fd: int, fut: Any) -> None:
+    def join(cls, loop: Any, fd: int, client: Client) -> None:
         k = (loop, fd)
-        futs = cls.waiting.get(k)
-        if futs is None:
-            cls.waiting[k] = [fut]
+        clients = cls.waiting.get(k)
+        if clients is None:
+            cls.waiting[k] = [client]
             loop.add_reader(fd, cls._ready, k)
-        else:
-            futs.append(fut)
+        elif client not in clients:
+            clients.append(client)
+
+    @classmethod
+    def leave(cls, loop: Any, fd: int, client: Client) -> None:
+        k = (loop, fd)
+        clients = cls.waiting.get(k)
+        if clients is None:
+            return
+        try:
+            clients.remove(client)
+        except ValueError:
+            pass
+        if not clients:
+            del cls.waiting[k]
+            loop.remove_reader(fd)
 
     @classmethod
     def _ready(cls, k: tuple[Any, int]) -> None:
-        futs = cls.waiting.pop(k, None)
-        k[0].remove_reader(k[1])
-        for f in futs or ():
-            if not f.done():
-                f.set_result(None)
+        loop, fd = k
+        for c in list(cls.waiting.get(k, ())):
+            if c._closed or c._dead is not None or not c._nwait:
+                # nobody of it queues (served waiters leave on resuming):
+                # a byte left in the pipe must not call us back in a spin
+                cls.leave(loop, fd, c)
+                continue
+            try:
+                if c._pump():
+                    if not c._nwait:
+                        cls.idle_soon(loop, fd)
+                    return  # one token per call: the fd is level-triggered
+            except JobserverError as exc:
+                c._fail(exc)  # the pool is dead: every waiter hears it
+                cls.leave(loop, fd, c)
+            except OSError as exc:
+                c._fail(JobserverError(f"jobserver read failed: {exc}"))
+                cls.leave(loop, fd, c)
 
     @classmethod
-    def forget(cls, loop: Any, fd: int, fut: Any) -> None:
+    def idle_soon(cls, loop: Any, fd: int) -> None:
+        """Nobody queues now: drop the registration on the next iteration
+        unless somebody queues again by then."""
         k = (loop, fd)
-        futs = cls.waiting.get(k)
-        if futs is None:
-            return
-        try:
-            futs.remove(fut)
-        except ValueError:
-            pass
-        if not futs:
-            del cls.waiting[k]
-            loop.remove_reader(fd)
+        if k in cls.waiting and k not in cls.idle:
+            cls.idle.add(k)
+            loop.call_soon(cls._drop_idle, k)
+
+    @classmethod
+    def _drop_idle(cls, k: tuple[Any, int]) -> None:
+        cls.idle.discard(k)
+        for c in list(cls.waiting.get(k, ())):
+            if c._closed or not c._nwait:
+                cls.leave(k[0], k[1], c)
+
+    @classmethod
+    def after_fork(cls) -> None:
+        cls.waiting.clear()  # the parent's loops: unusable here
+        cls.idle.clear()
 
 
 class Client:
@@ -279,6 +374,7 @@ class Client:
         self._dead: JobserverError | None = None
         self._tleader_ref: weakref.ref[_Waiter] | None = None
         self._wake: tuple[int, int] | None = None
+        self._excl: _ExclusiveWait | None = None  # with _wake, on Linux
         self._gen = _fork_generation
         self._pool_key = transport.identity()
         self._owns_implicit = implicit_token and self._claim_implicit()
@@ -305,6 +401,14 @@ class Client:
         # ``client.token()`` is one C call (the context class lives in the core)
         self.token = _io.TokenContexts(self, self._try_loop)  # type: ignore[method-assign]
         self._reader = _Reader(self) if transport.strategy == "thread" else None
+        # On asyncio the fd's reader callback reads for the queue (see
+        # _AioFdWatch) unless a reader thread, a semaphore's waiter thread or
+        # a FIFO's liveness check has to be driven by a waiting task.
+        self._aio_direct = (
+            self._reader is None
+            and transport.liveness_interval is None
+            and getattr(transport, "want", None) is None
+        )
         self._closed = False
         _live_clients.add(self)
 
@@ -497,12 +601,14 @@ class Client:
                 # freed while only served waiters were left: the queue's now
                 self._implicit_freed()
 
-    def _register(self, w: _Waiter) -> bool:
+    def _register(self, w: _Waiter, tried: bool = False) -> bool:
         """Queue w; True when it got all it needs at once (it is then not
-        queued).  Nobody queued before it: it takes what is free now."""
+        queued).  Nobody queued before it: it takes what is free now (unless
+        ``tried``: its caller found nothing free a moment ago, in this
+        thread, so another read would only cost a syscall)."""
         with self._lock:
             self._check_open()
-            if not self._queued():
+            if not (tried and w.need == 1) and not self._queued():
                 self._top_up(w.got, w.need)
                 if len(w.got) >= w.need:
                     w.done = True
@@ -563,21 +669,35 @@ class Client:
     def _deliver(self, tok: Token) -> tuple[bool, _Waiter | None]:
         """Give tok to the head of the queue (caller holds the lock):
         (False, None) when nobody waits; else (True, the waiter to wake when
-        it now has all it needs)."""
-        self._prune()
+        it now has all it needs).  (The hot path of every hand-off: the
+        served head is unlinked here, not through _unlink.)"""
         q = self._queue
-        if not q or self._closed:
+        w = q[0]() if q else None
+        if w is None or w.gone:
+            self._prune()
+            w = q[0]() if q else None
+        if w is None or self._closed:
             return False, None
-        w = q[0]()
-        assert w is not None
-        w.got.append(tok)
-        if len(w.got) >= w.need:
-            w.done = True
-            self._unlink(w)
-            self._resuming.add(w.ref)  # type: ignore[arg-type]
-            self._count()
-            return True, w
-        return True, None
+        got = w.got
+        got.append(tok)
+        if len(got) < w.need:
+            return True, None
+        w.done = True
+        w.gone = True
+        q.popleft()  # w is the (live) head
+        ref = w.ref
+        self._pending.discard(ref)
+        self._resuming.add(ref)  # type: ignore[arg-type]
+        self._count()
+        st = w.state
+        if st is not None:
+            sq = st.queue
+            while sq:
+                x = sq[0]()
+                if x is not None and not x.gone:
+                    break
+                sq.popleft()
+        return True, w
 
     def _place(self, tok: Token) -> None:
         """A token nobody holds: to the oldest waiter, else back to the pool."""
@@ -647,6 +767,21 @@ class Client:
                         wake.append(x)
                 if self._tleader is w:
                     self._pass_thread_lead()
+                    if self._excl is not None and not self._closed and self._dead is None:
+                        # Hand-on rule: the kernel may have woken this leader
+                        # alone for a byte it did not read; read it for the
+                        # queue, else it goes back (and the write wakes the
+                        # next exclusive waiter).
+                        try:
+                            passed = self._take()
+                        except JobserverError:
+                            passed = None  # the pool is dead: every waiter hears it
+                        if passed is not None:
+                            taken, x = self._deliver(passed)
+                            if not taken:
+                                back.append(passed)
+                            elif x is not None:
+                                wake.append(x)
             for tok in back:
                 try:
                     tok.release()
@@ -671,7 +806,8 @@ class Client:
 
     def _wake_waiter(self, w: _Waiter) -> None:
         w.wake()
-        if w is self._tleader:
+        ref = self._tleader_ref
+        if ref is not None and ref() is w:
             self._kick_thread_leader()
 
     # -- blocking acquire (threads) ---------------------------------------------------
@@ -724,7 +860,25 @@ class Client:
     def _wake_pipe(self) -> tuple[int, int]:
         with self._lock:
             if self._wake is None:
-                self._wake = _wake_up_pipe("the wake-up pipe")
+                wake = _wake_up_pipe("the wake-up pipe")
+                t = self._t
+                if _ExclusiveWait.usable() and getattr(t, "wait_token", None) is None:
+                    try:
+                        self._excl = _ExclusiveWait(t.read_fd, wake[0])
+                    except OSError as exc:
+                        if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                            # not a pipe or FIFO epoll takes (EPERM): the
+                            # plain poll below works, waking every waiter
+                            self._wake = wake
+                            return wake
+                        for fd in wake:
+                            os.close(fd)
+                        raise JobserverError(
+                            "cannot wait for a jobserver token: no file descriptor is free "
+                            f"for the wait's epoll set ({exc.strerror}); close some files or "
+                            "raise the limit (ulimit -n)"
+                        ) from None
+                self._wake = wake
             return self._wake
 
     def _kick_thread_leader(self) -> None:
@@ -794,7 +948,11 @@ class Client:
         assert self._wake is not None
         wake_r = self._wake[0]
         started = time.monotonic()
-        r = _io.wait_readable(t.read_fd, wake_r, wait_for)
+        excl = self._excl
+        if excl is not None:
+            r = excl.wait(wait_for)
+        else:
+            r = _io.wait_readable(t.read_fd, wake_r, wait_for)
         if r == 1:
             self._pump()
         elif r == 2:
@@ -804,6 +962,9 @@ class Client:
 
     def _close_wake_if_closed(self) -> None:
         if self._closed and self._wake is not None and self._tleader is None:
+            if self._excl is not None:
+                self._excl.close()
+                self._excl = None
             for fd in self._wake:
                 try:
                     os.close(fd)
@@ -831,7 +992,7 @@ class Client:
             tok = self._try_loop()
             if tok is not None:
                 return tok
-        return (await self._wait_async(1))[0]
+        return (await self._wait_async(1, True))[0]
 
     def acquire_many(self, n: int) -> _Acquiring:
         """``ts = await client.acquire_many(n)``: a TokenSet of ``n`` slots
@@ -883,7 +1044,7 @@ class Client:
 
     async def _ctx_wait(self, ctx: _io.TokenContext) -> Token:
         """TokenContext.__aenter__ on asyncio when no token is free now."""
-        tok = (await self._wait_async(1))[0]
+        tok = (await self._wait_async(1, True))[0]
         ctx.token = tok
         return tok
 
@@ -893,25 +1054,67 @@ class Client:
         ctx.token = tok
         return tok
 
-    async def _wait_async(self, need: int) -> list[Token]:
-        import anyio
-
+    async def _wait_async(self, need: int, tried: bool = False) -> list[Token]:
         key, call, thread = _backend.loop_handle()
-        st = self._loops.get(key)
-        if st is None:
-            st = self._loops.setdefault(key, _LoopState())
         w = _Waiter(need)
-        aio = not _backend.is_trio()
-        if aio:
+        w.thread = thread
+        if _backend.is_trio():
+            w.call = call
+        else:
             # a bare future, not an anyio.Event (an asyncio.Event, its deque
             # and a future): about 0.7 KB less per waiting task
             w.loop = key
             w.event = key.create_future()  # type: ignore[attr-defined]
-        else:
+            if self._aio_direct:
+                return await self._wait_aio_direct(w, key, tried)
+        return await self._wait_led(w, key)
+
+    async def _wait_aio_direct(self, w: _Waiter, loop: Any, tried: bool) -> list[Token]:
+        """asyncio: queue, and sleep on a future; the fd's reader callback
+        (or whoever frees a slot in this process) serves the queue."""
+        try:
+            old = _block_signals()
+            try:
+                done = self._register(w, tried)
+            finally:
+                _restore_signals(old)
+            if done:
+                return w.got
+            fd = self._t.read_fd
+            while not w.done:
+                if w.error is not None:
+                    raise w.error
+                _AioFdWatch.join(loop, fd, self)
+                await w.event
+                w.event = loop.create_future()
+            self._resumed(w)
+            return w.got
+        except BaseException:
+            self._abandon(w)
+            raise
+        finally:
+            if not self._nwait:
+                # Nobody queues any more: no registration may outlive that
+                # (a closed client's fd must not stay in the loop's
+                # selector).  Left unserved, or closed: drop it now; served:
+                # on the next iteration, unless this task queues again.
+                if self._closed or not w.done:
+                    _AioFdWatch.leave(loop, self._t.read_fd, self)
+                else:
+                    _AioFdWatch.idle_soon(loop, self._t.read_fd)
+
+    async def _wait_led(self, w: _Waiter, key: object) -> list[Token]:
+        """trio, and the strategies a waiting task drives: the oldest waiter
+        of each loop waits on the fd (or kicks the reader) for all of them."""
+        import anyio
+
+        st = self._loops.get(key)
+        if st is None:
+            st = self._loops.setdefault(key, _LoopState())
+        aio = w.loop is not None
+        if not aio:
             w.event = anyio.Event()
-            w.call = call
         w.state = st
-        w.thread = thread
         try:
             old = _block_signals()
             try:
@@ -962,24 +1165,7 @@ class Client:
         interval = t.liveness_interval
         want = getattr(t, "want", None)
         st.leader = w
-        loop = w.loop
         try:
-            if loop is not None and interval is None and want is None:
-                # asyncio: wait on our own future; the fd's reader callback
-                # or a hand-off sets it
-                fd = t.read_fd
-                while not w.done and w.error is None:
-                    if self._pump():
-                        continue
-                    fut = w.event
-                    if not fut.done():
-                        _AioFdWatch.watch(loop, fd, fut)
-                        try:
-                            await fut
-                        finally:
-                            _AioFdWatch.forget(loop, fd, fut)
-                    w.event = loop.create_future()
-                return
             while not w.done and w.error is None:
                 if self._pump():
                     continue
@@ -1173,6 +1359,9 @@ class Client:
         self._nwait = 0
         self._loops.clear()
         self._tleader_ref = None
+        if self._excl is not None:
+            self._excl.close()  # its registrations are shared with the parent's
+            self._excl = None
         if self._wake is not None:
             for fd in self._wake:  # the parent's threads use them: never share
                 try:
@@ -1330,6 +1519,7 @@ class _Reader:
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
+    _AioFdWatch.after_fork()
     for c in list(_live_clients):
         c._after_fork()
 

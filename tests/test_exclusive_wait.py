@@ -1,0 +1,315 @@
+"""Waits that wake one process per token, and the hand-offs that serve a queue.
+
+* Threads in ``acquire_blocking`` (Linux): the thread leader waits in a
+  private epoll set with EPOLLEXCLUSIVE, so a token written to the pool wakes
+  one of the waiting processes, not each of them; a leader the kernel woke
+  alone that leaves without reading hands the byte on (else the other
+  processes would sleep with a token in the pool).
+* asyncio and uvloop: the fd's reader callback reads for the queue; its
+  registration lives exactly as long as somebody of that loop queues.
+
+Run on native and pure (FASTJOB_NO_EXTENSIONS=1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import fastjob
+from fastjob import client as client_mod
+
+linux_only = pytest.mark.skipif(
+    not hasattr(select, "EPOLLEXCLUSIVE"), reason="EPOLLEXCLUSIVE is Linux's"
+)
+
+# A child that waits in acquire_blocking, counts how often its leader's wait
+# returned, and reports 'got' for each token it takes (and keeps).
+_WAITER = textwrap.dedent(
+    """
+    import os, sys, threading
+    import fastjob
+    from fastjob import client as cm
+    out = int(sys.argv[1]); want = int(sys.argv[2]); mode = sys.argv[3]
+    wakes = [0]
+    orig = cm._ExclusiveWait.wait
+    def counting(self, timeout):
+        r = orig(self, timeout)
+        wakes[0] += 1
+        if mode == "raise-once" and r == 1 and wakes[0] == 1:
+            raise KeyboardInterrupt  # a handler raising right after the kernel woke us alone
+        return r
+    cm._ExclusiveWait.wait = counting
+    orig_poll = cm._io.wait_readable
+    def counting_poll(*a):
+        wakes[0] += 1
+        return orig_poll(*a)
+    cm._io.wait_readable = counting_poll
+    c = fastjob.from_env(strict=True)
+    implicit = c.try_acquire()  # this process's own slot: keep it
+    os.write(out, b"r")
+    kept = []
+    while len(kept) < want:
+        try:
+            kept.append(c.acquire_blocking(timeout=30))
+        except KeyboardInterrupt:
+            os.write(out, b"k")  # and stop waiting: nobody here reads again
+            break
+        os.write(out, b"g")
+    os.write(out, f"w{wakes[0]:06d}".encode())
+    for t in kept:
+        t.release()
+    implicit.release()
+    c.close()
+    """
+)
+
+
+def _spawn_waiters(server: fastjob.Server, n: int, want: int, modes: list[str]) -> tuple[list[subprocess.Popen[bytes]], int]:
+    r, w = os.pipe()
+    procs = []
+    env = server.env(dict(os.environ))
+    for i in range(n):
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WAITER, str(w), str(want), modes[i]],
+                env=env,
+                pass_fds=(w, *server.pass_fds),
+            )
+        )
+    os.close(w)
+    return procs, r
+
+
+class _Events:
+    """The children's reports: r (ready), g (got a token), k (interrupted),
+    wNNNNNN (wakes counted, at exit)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.wakes: list[int] = []
+
+    def _byte(self, timeout: float) -> bytes:
+        if not select.select([self.fd], [], [], timeout)[0]:
+            raise TimeoutError("no report from the children in time")
+        b = os.read(self.fd, 1)
+        if not b:
+            raise EOFError("the children exited")
+        return b
+
+    def next(self, timeout: float = 30) -> bytes:
+        """The next r, g or k (wake counts are collected on the way)."""
+        while True:
+            b = self._byte(timeout)
+            if b != b"w":
+                return b
+            self.wakes.append(int(b"".join(self._byte(timeout) for _ in range(6))))
+
+    def drain(self, n_children: int, timeout: float = 30) -> list[bytes]:
+        """Every report left until each child has given its wake count."""
+        rest = []
+        while len(self.wakes) < n_children:
+            b = self._byte(timeout)
+            if b == b"w":
+                self.wakes.append(int(b"".join(self._byte(timeout) for _ in range(6))))
+            else:
+                rest.append(b)
+        return rest
+
+
+@linux_only
+def test_a_token_wakes_one_waiting_process_not_each() -> None:
+    """Three processes, each with a thread in acquire_blocking on an empty
+    pool; tokens are written one at a time.  With a plain poll every write
+    wakes all three (about 3 wakes per token); with the exclusive wait each
+    write wakes one."""
+    n, per = 3, 4
+    with fastjob.Server(1 + n * per) as s:
+        held = [s.client.try_acquire_up_to(n * per + 1)]  # the pool is empty now
+        pool_tokens = [t for t in held[0]._tokens if not t.implicit]  # type: ignore[attr-defined]
+        assert len(pool_tokens) == n * per
+        procs, out = _spawn_waiters(s, n, per, ["count"] * n)
+        ev = _Events(out)
+        try:
+            assert [ev.next() for _ in range(n)] == [b"r"] * n
+            time.sleep(0.5)  # every child is in its wait now
+            for tok in pool_tokens:
+                tok.release()
+                assert ev.next() == b"g"
+                time.sleep(0.03)  # the losers (if any) settle back into their wait
+            assert ev.drain(n) == []
+        finally:
+            for p in procs:
+                p.wait(timeout=30)
+            os.close(out)
+        wakes = sum(ev.wakes)
+        # Each child's first wait and its last return also count: allow one
+        # extra per child.  A non-exclusive wait gives about n * per * n.
+        assert wakes <= n * per + 2 * n, f"{wakes} wakes for {n * per} tokens"
+        for t in held[0]._tokens:  # type: ignore[attr-defined]
+            if t.implicit:
+                t.release()
+        assert s.available() == n * per
+
+
+@linux_only
+def test_a_leader_woken_alone_that_leaves_hands_the_byte_on() -> None:
+    """Child A's leader is woken (alone) for the pool's byte and a signal
+    handler raises before it reads: the byte must reach child B, which waits
+    too.  Without the hand-on rule B sleeps until its timeout."""
+    with fastjob.Server(3) as s:
+        ts = s.client.try_acquire_up_to(3)
+        pool = [t for t in ts._tokens if not t.implicit]  # type: ignore[attr-defined]
+        assert len(pool) == 2
+        procs, out = _spawn_waiters(s, 2, 1, ["raise-once", "raise-once"])
+        ev = _Events(out)
+        try:
+            assert [ev.next(), ev.next()] == [b"r", b"r"]
+            time.sleep(0.5)
+            pool[0].release()
+            # The child woken alone raises ('k') and stops waiting; the byte
+            # must reach the other child without another write.  It raises
+            # too on its first wake and hands the byte back: then nobody
+            # waits, and the byte is in the pool.
+            assert ev.next(timeout=10) == b"k"
+            second = ev.next(timeout=10)
+            assert second == b"k", second  # the other child was woken: hand-on worked
+            assert ev.drain(2, timeout=10) == []
+        finally:
+            for p in procs:
+                p.wait(timeout=30)
+            os.close(out)
+        pool[1].release()
+        for t in ts._tokens:  # type: ignore[attr-defined]
+            if t.implicit:
+                t.release()
+        assert s.available() == 2  # the handed-on byte came back too
+
+
+@linux_only
+def test_threads_of_one_process_still_queue_in_order_behind_the_exclusive_leader() -> None:
+    """The leader's exclusive wait changes nothing inside the process: eight
+    threads queued in order are served in order, by pool bytes and by
+    in-process releases alike."""
+    with fastjob.Server(2) as s:
+        c = fastjob.from_env(environ=s.env(), strict=True)
+        assert c is not None
+        hold = [c.try_acquire()]  # the pool's byte (the Server's client has the implicit)
+        assert c.try_acquire() is None
+        order: list[int] = []
+        lock = threading.Lock()
+
+        def worker(i: int) -> None:
+            tok = c.acquire_blocking(timeout=30)
+            with lock:
+                order.append(i)
+            time.sleep(0.01)
+            tok.release()
+
+        threads = []
+        for i in range(8):
+            th = threading.Thread(target=worker, args=(i,))
+            th.start()
+            threads.append(th)
+            deadline = time.monotonic() + 10
+            while c.statistics().tasks_waiting < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        assert c._excl is not None
+        for tok in hold:
+            assert tok is not None
+            tok.release()
+        for th in threads:
+            th.join(30)
+        assert order == list(range(8))
+        c.close()
+        assert s.available() == 1
+
+
+def _asyncio_loops() -> list[str]:
+    loops = ["asyncio"]
+    try:
+        import uvloop  # noqa: F401
+
+        loops.append("uvloop")
+    except ImportError:
+        pass
+    return loops
+
+
+def _run(loop: str, coro_fn: object) -> None:
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(coro_fn())  # type: ignore[operator]
+    else:
+        asyncio.run(coro_fn())  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("loop", _asyncio_loops())
+def test_aio_reader_registration_lives_while_someone_queues(loop: str) -> None:
+    """Many waiters on one loop: one registration while any queues, none
+    once each was served, and none after a cancelled wait either."""
+    with fastjob.Server(2) as s:
+        c = fastjob.from_env(environ=s.env(), strict=True)
+        assert c is not None
+        held = [c.try_acquire()]  # the pool's byte (the Server's client has the implicit)
+
+        async def main() -> None:
+            tasks = [asyncio.ensure_future(c.acquire()) for _ in range(20)]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert len(client_mod._AioFdWatch.waiting) == 1
+            for i in range(20):  # first come, first served: task i gets the i-th
+                tok = held.pop(0)
+                assert tok is not None
+                tok.release()
+                held.append(await asyncio.wait_for(tasks[i], 10))
+                assert len(client_mod._AioFdWatch.waiting) == (1 if i < 19 else 0)
+            # a cancelled wait leaves nothing registered either
+            w = asyncio.ensure_future(c.acquire())
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert len(client_mod._AioFdWatch.waiting) == 1
+            w.cancel()
+            await asyncio.gather(w, return_exceptions=True)
+            assert not client_mod._AioFdWatch.waiting
+
+        _run(loop, main)
+        for tok in held:
+            assert tok is not None
+            tok.release()
+        st = c.statistics()
+        assert (st.tokens_held, st.tasks_waiting) == (0, 0)
+        c.close()
+        assert s.available() == 1
+
+
+@pytest.mark.parametrize("loop", _asyncio_loops())
+def test_aio_close_reaches_every_waiter_and_leaves_no_registration(loop: str) -> None:
+    """close() from another thread: every asyncio waiter gets the error, and
+    the loop keeps no registration for the closed fd."""
+    with fastjob.Server(1) as s:
+        c = fastjob.from_env(environ=s.env(), strict=True)
+        assert c is not None
+        imp = c.try_acquire()
+
+        async def main() -> None:
+            tasks = [asyncio.ensure_future(c.acquire()) for _ in range(5)]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            threading.Thread(target=c.close).start()
+            res = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+            assert all(isinstance(r, fastjob.JobserverError) for r in res), res
+            await asyncio.sleep(0)
+            assert not client_mod._AioFdWatch.waiting
+
+        _run(loop, main)
+        del imp
