@@ -807,7 +807,8 @@ class Client:
     def _wake_waiter(self, w: _Waiter) -> None:
         w.wake()
         ref = self._tleader_ref
-        if ref is not None and ref() is w:
+        if ref is not None and ref() is w and w.thread != _thread.get_ident():
+            # (the leader serving itself is awake: no kick, no spurious wake)
             self._kick_thread_leader()
 
     # -- blocking acquire (threads) ---------------------------------------------------
@@ -821,7 +822,7 @@ class Client:
             return tok
         if t is not None and t <= 0:
             raise TimeoutError("no jobserver token is free now (timeout=0)")
-        return self._blocking(1, t)[0]
+        return self._blocking(1, t, tried=True)[0]
 
     def acquire_many_blocking(self, n: int, timeout: float | None = None) -> TokenSet:
         """Wait in this thread for ``n`` slots at once (the implicit one counts
@@ -831,18 +832,21 @@ class Client:
         t = _check_timeout(timeout)
         return TokenSet(self._blocking(n, t, fail_now=t is not None and t <= 0))
 
-    def _blocking(self, need: int, timeout: float | None, fail_now: bool = False) -> list[Token]:
+    def _blocking(
+        self, need: int, timeout: float | None, fail_now: bool = False, tried: bool = False
+    ) -> list[Token]:
         deadline = None if timeout is None else time.monotonic() + timeout
         w = _Waiter(need)
         lock = _thread.allocate_lock()
         lock.acquire()
         w.lock = lock
+        w.thread = _thread.get_ident()
         try:
             old = _block_signals()
             try:
                 if self._reader is None:
                     self._wake_pipe()  # before queueing: a failure here is one clean error
-                if self._register(w):
+                if self._register(w, tried):
                     return w.got
                 if fail_now:
                     raise TimeoutError("the jobserver slots are not free now (timeout=0)")
@@ -1081,12 +1085,14 @@ class Client:
             if done:
                 return w.got
             fd = self._t.read_fd
-            while not w.done:
+            while True:
                 if w.error is not None:
                     raise w.error
                 _AioFdWatch.join(loop, fd, self)
                 await w.event
-                w.event = loop.create_future()
+                if w.done:
+                    break
+                w.event = loop.create_future()  # woken, not served: wait again
             self._resumed(w)
             return w.got
         except BaseException:
