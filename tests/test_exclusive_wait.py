@@ -406,3 +406,60 @@ def test_contended_async_signal_storm_keeps_the_pool_exact(loop: str, style: str
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["True", "3", "0", "False", "0"], (out.stdout, out.stderr[-2000:])
+
+
+@pytest.mark.parametrize("loop", _asyncio_loops())
+def test_a_closed_clients_registration_never_outlives_its_fd(loop: str) -> None:
+    """A client served by the reader callback is closed in the same step and
+    a new client gets the same fd number: the new one's wait must be watched
+    (a registration left for the old file would be a stale selector entry,
+    and the new file would never wake anyone)."""
+    with fastjob.Server(2) as s:
+        env = dict(s.env(), FASTJOB_WAIT_STRATEGY="proc-reopen")
+        holder = fastjob.from_env(environ=env, strict=True)
+        assert holder is not None
+        tok = holder.try_acquire()  # the pool is empty now
+        assert tok is not None
+
+        async def main() -> None:
+            a = fastjob.from_env(environ=env, strict=True)
+            assert a is not None
+
+            async def release_soon() -> None:
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                assert tok is not None
+                tok.release()
+
+            helper = asyncio.ensure_future(release_soon())
+            t = await a.acquire()  # served by the reader callback
+            t.release()
+            a.close()  # in the step the hand-off woke: the registration is still idle
+            await helper
+            again = holder.try_acquire()  # the pool is empty again
+            assert again is not None
+            c = fastjob.from_env(environ=env, strict=True)
+            assert c is not None
+
+            async def release_again() -> None:
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                again.release()  # c must be woken for this byte
+
+            helper = asyncio.ensure_future(release_again())
+            me = asyncio.current_task()
+            assert me is not None
+            guard = asyncio.get_running_loop().call_later(10, me.cancel)
+            try:
+                # in this very step, so that c queues before the idle
+                # registration of a's closed fd would have been dropped
+                (await c.acquire()).release()
+            except asyncio.CancelledError:
+                pytest.fail("the new client's wait was never woken")
+            guard.cancel()
+            await helper
+            c.close()
+
+        _run(loop, main)
+        holder.close()
+        assert s.available() == 1

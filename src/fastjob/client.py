@@ -326,6 +326,29 @@ class _AioFdWatch:
                 cls.leave(k[0], k[1], c)
 
     @classmethod
+    def forget_client(cls, client: Client) -> None:
+        """client is closing: its registrations go before its fd does (a
+        registration left for a closed fd would be a stale entry in the
+        loop's selector, and a new file given the same number would never be
+        watched).  On another thread's loop: asked of that loop."""
+        import asyncio
+
+        here = asyncio._get_running_loop()
+        for k, clients in list(cls.waiting.items()):
+            if client not in clients:
+                continue
+            loop, fd = k
+            if loop is here:
+                cls.leave(loop, fd, client)
+                continue
+            try:
+                loop.call_soon_threadsafe(cls.leave, loop, fd, client)
+            except RuntimeError:  # that loop is closed: nothing to unregister from
+                clients.remove(client)
+                if not clients:
+                    del cls.waiting[k]
+
+    @classmethod
     def after_fork(cls) -> None:
         cls.waiting.clear()  # the parent's loops: unusable here
         cls.idle.clear()
@@ -1308,6 +1331,8 @@ class Client:
                     pass
             with self._lock:
                 self._close_wake_if_closed()
+            if _AioFdWatch.waiting:
+                _AioFdWatch.forget_client(self)
             self._t.close()
             _live_clients.discard(self)
             return len(held)
