@@ -120,3 +120,27 @@ def read_pty(master: int, quiet: float) -> bytes:
             break
         seen += chunk
     return seen
+
+
+def asyncio_loops() -> list[str]:
+    """The asyncio event loops this machine has: "asyncio", and "uvloop" when
+    it is installed (for pytest.mark.parametrize)."""
+    out = ["asyncio"]
+    try:
+        import uvloop  # noqa: F401
+
+        out.append("uvloop")
+    except ImportError:
+        pass
+    return out
+
+
+def run_on_loop(loop: str, main: Any) -> Any:
+    """Run the coroutine ``main`` to completion on the named asyncio loop."""
+    import asyncio
+
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)

@@ -15,25 +15,10 @@ import pytest
 import fastjob
 from fastjob import _io
 
+from conftest import asyncio_loops, run_on_loop
 
-def _loops() -> list[str]:
-    out = ["asyncio"]
-    try:
-        import uvloop  # noqa: F401
-
-        out.append("uvloop")
-    except ImportError:
-        pass
-    return out
-
-
-def _run(loop: str, main: object) -> None:
-    if loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main)  # type: ignore[arg-type]
-    else:
-        asyncio.run(main)  # type: ignore[arg-type]
+_loops = asyncio_loops
+_run = run_on_loop
 
 
 @pytest.mark.parametrize("loop", _loops())

@@ -27,6 +27,8 @@ import pytest
 import fastjob
 from fastjob import client as client_mod
 
+from conftest import asyncio_loops, run_on_loop
+
 linux_only = pytest.mark.skipif(
     not hasattr(select, "EPOLLEXCLUSIVE"), reason="EPOLLEXCLUSIVE is Linux's"
 )
@@ -233,27 +235,7 @@ def test_threads_of_one_process_still_queue_in_order_behind_the_exclusive_leader
         assert s.available() == 1
 
 
-def _asyncio_loops() -> list[str]:
-    loops = ["asyncio"]
-    try:
-        import uvloop  # noqa: F401
-
-        loops.append("uvloop")
-    except ImportError:
-        pass
-    return loops
-
-
-def _run(loop: str, coro_fn: object) -> None:
-    if loop == "uvloop":
-        import uvloop
-
-        uvloop.run(coro_fn())  # type: ignore[operator]
-    else:
-        asyncio.run(coro_fn())  # type: ignore[operator]
-
-
-@pytest.mark.parametrize("loop", _asyncio_loops())
+@pytest.mark.parametrize("loop", asyncio_loops())
 def test_aio_reader_registration_lives_while_someone_queues(loop: str) -> None:
     """Many waiters on one loop: one registration while any queues, none
     once each was served, and none after a cancelled wait either."""
@@ -282,7 +264,7 @@ def test_aio_reader_registration_lives_while_someone_queues(loop: str) -> None:
             await asyncio.gather(w, return_exceptions=True)
             assert not client_mod._AioFdWatch.waiting
 
-        _run(loop, main)
+        run_on_loop(loop, main())
         for tok in held:
             assert tok is not None
             tok.release()
@@ -292,7 +274,7 @@ def test_aio_reader_registration_lives_while_someone_queues(loop: str) -> None:
         assert s.available() == 1
 
 
-@pytest.mark.parametrize("loop", _asyncio_loops())
+@pytest.mark.parametrize("loop", asyncio_loops())
 def test_aio_close_reaches_every_waiter_and_leaves_no_registration(loop: str) -> None:
     """close() from another thread: every asyncio waiter gets the error, and
     the loop keeps no registration for the closed fd."""
@@ -311,7 +293,7 @@ def test_aio_close_reaches_every_waiter_and_leaves_no_registration(loop: str) ->
             await asyncio.sleep(0)
             assert not client_mod._AioFdWatch.waiting
 
-        _run(loop, main)
+        run_on_loop(loop, main())
         del imp
 
 
@@ -398,7 +380,7 @@ with fastjob.Server(4, style=style) as s:
 
 
 @pytest.mark.parametrize("style", ["pipe", "fifo"])
-@pytest.mark.parametrize("loop", _asyncio_loops())
+@pytest.mark.parametrize("loop", asyncio_loops())
 def test_contended_async_signal_storm_keeps_the_pool_exact(loop: str, style: str) -> None:
     out = subprocess.run(
         [sys.executable, "-c", _CONTENDED_STORM, loop, style],
@@ -408,7 +390,7 @@ def test_contended_async_signal_storm_keeps_the_pool_exact(loop: str, style: str
     assert out.stdout.split() == ["True", "3", "0", "False", "0"], (out.stdout, out.stderr[-2000:])
 
 
-@pytest.mark.parametrize("loop", _asyncio_loops())
+@pytest.mark.parametrize("loop", asyncio_loops())
 def test_a_closed_clients_registration_never_outlives_its_fd(loop: str) -> None:
     """A client served by the reader callback is closed in the same step and
     a new client gets the same fd number: the new one's wait must be watched
@@ -460,6 +442,6 @@ def test_a_closed_clients_registration_never_outlives_its_fd(loop: str) -> None:
             await helper
             c.close()
 
-        _run(loop, main)
+        run_on_loop(loop, main())
         holder.close()
         assert s.available() == 1

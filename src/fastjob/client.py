@@ -154,6 +154,15 @@ class _LoopState:
         self.leader: _Waiter | None = None
         self.scope: anyio.CancelScope | None = None
 
+    def prune(self) -> None:
+        """Drop the gone and the dead from the head of this loop's queue."""
+        sq = self.queue
+        while sq:
+            x = sq[0]()
+            if x is not None and not x.gone:
+                break
+            sq.popleft()
+
     def first(self, skip: _Waiter | None = None) -> _Waiter | None:
         for ref in self.queue:
             w = ref()
@@ -672,14 +681,8 @@ class Client:
         self._pending.discard(w.ref)
         self._count()
         self._prune()
-        st = w.state
-        if st is not None:
-            sq = st.queue
-            while sq:
-                x = sq[0]()
-                if x is not None and not x.gone:
-                    break
-                sq.popleft()
+        if w.state is not None:
+            w.state.prune()
 
     def _live_waiters(self) -> list[_Waiter]:
         out = []
@@ -712,14 +715,8 @@ class Client:
         self._pending.discard(ref)
         self._resuming.add(ref)  # type: ignore[arg-type]
         self._count()
-        st = w.state
-        if st is not None:
-            sq = st.queue
-            while sq:
-                x = sq[0]()
-                if x is not None and not x.gone:
-                    break
-                sq.popleft()
+        if w.state is not None:
+            w.state.prune()
         return True, w
 
     def _place(self, tok: Token) -> None:
