@@ -152,7 +152,7 @@ def test_asyncio_fd_watch_is_shared_and_left_clean(loop: str, monkeypatch: pytes
     """Leaders of two Clients on one shared fd, on one loop, share one
     add_reader registration; a cancelled leader hands the lead on and
     leaves no registration behind."""
-    from fastjob import client as client_mod
+    from fastjob import _waiting
 
     monkeypatch.setenv("FASTJOB_WAIT_STRATEGY", "rwf-nowait")  # both read the shared fd
     with fastjob.Server(2) as s:
@@ -167,7 +167,7 @@ def test_asyncio_fd_watch_is_shared_and_left_clean(loop: str, monkeypatch: pytes
             got_a = asyncio.ensure_future(a.acquire())
             for _ in range(5):
                 await asyncio.sleep(0)
-            assert len(client_mod._AioFdWatch.waiting) == 1  # one registration for the fd
+            assert len(_waiting.AioFdWatch.waiting) == 1  # one registration for the fd
             cancelled.cancel()
             for _ in range(5):
                 await asyncio.sleep(0)
@@ -179,7 +179,7 @@ def test_asyncio_fd_watch_is_shared_and_left_clean(loop: str, monkeypatch: pytes
             other = got_b if done is got_a else got_a
             (await asyncio.wait_for(other, 10)).release()
             assert cancelled.cancelled()
-            assert not client_mod._AioFdWatch.waiting
+            assert not _waiting.AioFdWatch.waiting
 
         _run(loop, main())
         for t in held:

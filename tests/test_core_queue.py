@@ -8,11 +8,11 @@ from __future__ import annotations
 import gc
 
 import fastjob
-from fastjob import client as client_mod
+from fastjob import _waiting
 
 
-def _queue_waiters(c: fastjob.Client, n: int, need: int = 1) -> list[client_mod._Waiter]:
-    out = [client_mod._Waiter(need) for _ in range(n)]
+def _queue_waiters(c: fastjob.Client, n: int, need: int = 1) -> list[_waiting.Waiter]:
+    out = [_waiting.Waiter(need) for _ in range(n)]
     for x in out:
         assert not c._register(x)  # queued (not served at once)
     return out

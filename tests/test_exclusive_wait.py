@@ -25,7 +25,7 @@ import time
 import pytest
 
 import fastjob
-from fastjob import client as client_mod
+from fastjob import _waiting
 
 from conftest import asyncio_loops, run_on_loop
 
@@ -39,17 +39,17 @@ _WAITER = textwrap.dedent(
     """
     import os, sys, threading
     import fastjob
-    from fastjob import client as cm
+    from fastjob import client as cm, _waiting as w_mod
     out = int(sys.argv[1]); want = int(sys.argv[2]); mode = sys.argv[3]
     wakes = [0]
-    orig = cm._ExclusiveWait.wait
+    orig = w_mod.ExclusiveWait.wait
     def counting(self, timeout):
         r = orig(self, timeout)
         wakes[0] += 1
         if mode == "raise-once" and r == 1 and wakes[0] == 1:
             raise KeyboardInterrupt  # a handler raising right after the kernel woke us alone
         return r
-    cm._ExclusiveWait.wait = counting
+    w_mod.ExclusiveWait.wait = counting
     orig_poll = cm._io.wait_readable
     def counting_poll(*a):
         wakes[0] += 1
@@ -248,21 +248,21 @@ def test_aio_reader_registration_lives_while_someone_queues(loop: str) -> None:
             tasks = [asyncio.ensure_future(c.acquire()) for _ in range(20)]
             for _ in range(5):
                 await asyncio.sleep(0)
-            assert len(client_mod._AioFdWatch.waiting) == 1
+            assert len(_waiting.AioFdWatch.waiting) == 1
             for i in range(20):  # first come, first served: task i gets the i-th
                 tok = held.pop(0)
                 assert tok is not None
                 tok.release()
                 held.append(await asyncio.wait_for(tasks[i], 10))
-                assert len(client_mod._AioFdWatch.waiting) == (1 if i < 19 else 0)
+                assert len(_waiting.AioFdWatch.waiting) == (1 if i < 19 else 0)
             # a cancelled wait leaves nothing registered either
             w = asyncio.ensure_future(c.acquire())
             for _ in range(3):
                 await asyncio.sleep(0)
-            assert len(client_mod._AioFdWatch.waiting) == 1
+            assert len(_waiting.AioFdWatch.waiting) == 1
             w.cancel()
             await asyncio.gather(w, return_exceptions=True)
-            assert not client_mod._AioFdWatch.waiting
+            assert not _waiting.AioFdWatch.waiting
 
         run_on_loop(loop, main())
         for tok in held:
@@ -291,7 +291,7 @@ def test_aio_close_reaches_every_waiter_and_leaves_no_registration(loop: str) ->
             res = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
             assert all(isinstance(r, fastjob.JobserverError) for r in res), res
             await asyncio.sleep(0)
-            assert not client_mod._AioFdWatch.waiting
+            assert not _waiting.AioFdWatch.waiting
 
         run_on_loop(loop, main())
         del imp

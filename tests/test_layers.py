@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fastjob._makeflags",),
     ("fastjob._backend",),
     ("fastjob._core",),
+    ("fastjob._waiting",),
     ("fastjob.client",),
     ("fastjob._pool_size", "fastjob._governor", "fastjob._control"),
     ("fastjob.server",),
@@ -91,6 +92,6 @@ def test_no_lower_layer_imports_a_higher_one() -> None:
     assert bad == []
 
 
-@pytest.mark.parametrize("mod,expected", [("fastjob._core.token", 4), ("fastjob.cli.run", 13)])
+@pytest.mark.parametrize("mod,expected", [("fastjob._core.token", 4), ("fastjob._waiting", 5), ("fastjob.cli.run", 14)])
 def test_rank(mod: str, expected: int) -> None:
     assert rank(mod) == expected

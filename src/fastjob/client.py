@@ -38,6 +38,7 @@ from ._core.token import Token, TokenSet
 from ._core.transport import FifoTransport, PipeTransport, Transport
 from ._errors import JobserverClosedError, JobserverError, TokenLeakWarning
 from ._makeflags import child_environment
+from ._waiting import AioFdWatch, ExclusiveWait, FdWatch, LoopState, Waiter, wake_up_pipe
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Generator
@@ -67,71 +68,6 @@ _block_signals = _io.block_signals
 _restore_signals = _io.restore_signals
 
 
-def _wake_up_pipe(what: str) -> tuple[int, int]:
-    """A non-blocking pipe that wakes a waiting thread; out of fds, one
-    JobserverError that names the fix."""
-    try:
-        r, w = os.pipe()
-    except OSError as exc:
-        raise JobserverError(
-            f"cannot wait for a jobserver token: no file descriptor is free for {what} "
-            f"({exc.strerror}); close some files or raise the limit (ulimit -n)"
-        ) from None
-    os.set_blocking(r, False)
-    os.set_blocking(w, False)
-    return r, w
-
-
-class _ExclusiveWait:
-    """The thread leader's wait on Linux: a private epoll set holding the
-    pool's fd with EPOLLEXCLUSIVE and the wake-up pipe without.  A token
-    written to the pool then wakes one waiting process of those that wait
-    this way, not all of them (a plain poll wakes every one, and all but one
-    find the pipe empty).  Hand-on rule: a leader woken for a byte always
-    reads it (and hands it on, or writes it back) or, leaving instead, reads
-    and places it in _abandon, so that the wake the kernel gave it alone is
-    never dropped.  (An event loop cannot use this: a private epoll fd added
-    to the loop's own epoll is a nested wait, and the kernel wakes every
-    nested exclusive waiter.)"""
-
-    __slots__ = ("_ep", "_fd", "_wake_r")
-
-    def __init__(self, fd: int, wake_r: int) -> None:
-        import select
-
-        ep = select.epoll(2)
-        try:
-            ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            ep.register(wake_r, select.EPOLLIN)
-        except BaseException:
-            ep.close()
-            raise
-        self._ep = ep
-        self._fd = fd
-        self._wake_r = wake_r
-
-    @staticmethod
-    def usable() -> bool:
-        import select
-
-        return hasattr(select, "EPOLLEXCLUSIVE")
-
-    def wait(self, timeout: float | None) -> int:
-        """1: the pool's fd is readable (first, so a wake is never left
-        unread), 2: the wake-up pipe is, 0: timeout.  A signal's handler runs
-        here; if it raises, so does this (PEP 475 retries otherwise)."""
-        events = self._ep.poll(-1 if timeout is None else max(0.0, timeout), 2)
-        r = 0
-        for fd, _ in events:
-            if fd == self._fd:
-                return 1
-            r = 2
-        return r
-
-    def close(self) -> None:
-        self._ep.close()
-
-
 def _check_timeout(timeout: object) -> float | None:
     """None, or the timeout as a float; ValueError for NaN and non-numbers."""
     if timeout is None:
@@ -142,225 +78,6 @@ def _check_timeout(timeout: object) -> float | None:
     if math.isnan(t):
         raise ValueError("timeout must be a number of seconds or None, not NaN")
     return None if t == math.inf else t
-
-
-class _LoopState:
-    """Per event loop: its waiters in order, and the leader's wait scope."""
-
-    __slots__ = ("queue", "leader", "scope")
-
-    def __init__(self) -> None:
-        self.queue: deque[weakref.ref[_Waiter]] = deque()
-        self.leader: _Waiter | None = None
-        self.scope: anyio.CancelScope | None = None
-
-    def prune(self) -> None:
-        """Drop the gone and the dead from the head of this loop's queue."""
-        sq = self.queue
-        while sq:
-            x = sq[0]()
-            if x is not None and not x.gone:
-                break
-            sq.popleft()
-
-    def first(self, skip: _Waiter | None = None) -> _Waiter | None:
-        for ref in self.queue:
-            w = ref()
-            if w is not None and not w.gone and w is not skip:
-                return w
-        return None
-
-
-class _Waiter:
-    """One acquire waiting in the queue for ``need`` slots."""
-
-    __slots__ = (
-        "need", "got", "done", "gone", "error", "lock", "event", "loop", "state", "thread",
-        "call", "ref", "__weakref__",
-    )
-
-    def __init__(self, need: int) -> None:
-        self.need = need
-        self.got: list[Token] = []
-        self.done = False  # has all it needs (and is out of the queue)
-        self.gone = True  # not (or no longer) in the queue
-        self.error: BaseException | None = None
-        self.lock: Any = None  # thread waiter: a held lock, released to wake it
-        # task waiter: on asyncio a bare future of its loop (set to wake it;
-        # a fresh one per wait), on trio an anyio.Event
-        self.event: Any = None
-        self.loop: Any = None  # the asyncio loop (None on trio)
-        self.state: _LoopState | None = None
-        self.thread = 0
-        self.call: Callable[[Callable[[], Any]], Any] | None = None
-        self.ref: weakref.ref[_Waiter] | None = None
-
-    def wake(self) -> None:
-        """Wake the waiter from any thread (it checks done and error)."""
-        lock = self.lock
-        if lock is not None:
-            try:
-                lock.release()
-            except RuntimeError:
-                pass  # woken already, not yet looked
-        elif self.event is not None:
-            if _thread.get_ident() == self.thread:
-                ev = self.event
-                if self.loop is not None and self.state is None:
-                    if not ev.done():  # asyncio, no leader: the common hand-off
-                        ev.set_result(None)
-                    return
-                self.wake_in_loop()
-            else:
-                loop = self.loop
-                call = loop.call_soon_threadsafe if loop is not None else self.call
-                try:
-                    if call is not None:
-                        call(self.wake_in_loop)
-                except RuntimeError:
-                    pass  # that loop has ended; its waiter is gone with it
-
-    def wake_in_loop(self) -> None:
-        ev = self.event
-        assert ev is not None
-        if self.loop is not None:
-            if not ev.done():
-                ev.set_result(None)
-        else:
-            ev.set()
-        st = self.state
-        if st is not None and st.leader is self and st.scope is not None:
-            st.scope.cancel()
-
-
-class _FdWatch:
-    """One wait registration per fd per event loop: the first waiter on an fd
-    registers it, the others (other Clients of the same shared fd) wait for
-    it to return (anyio allows one waiter per fd)."""
-
-    watches: dict[tuple[object, int], anyio.Event] = {}
-
-    @classmethod
-    async def wait_readable(cls, key: object, fd: int) -> None:
-        import anyio
-
-        k = (key, fd)
-        ev = cls.watches.get(k)
-        if ev is not None:
-            await ev.wait()
-            return
-        ev = cls.watches[k] = anyio.Event()
-        try:
-            await anyio.wait_readable(fd)
-        finally:
-            if cls.watches.get(k) is ev:
-                del cls.watches[k]
-            ev.set()
-
-
-class _AioFdWatch:
-    """asyncio (and uvloop): one ``add_reader`` per fd per loop, shared by
-    every Client of that fd on that loop and kept while any of them has a
-    waiter queued.  The callback reads the token itself (``Client._pump``:
-    one read, handed to the head of that client's queue, whose future it
-    sets), so a hand-off costs one callback and one task step, with no
-    leader task, no cancel scope and no re-registration per token; a loop
-    that lost the race for a byte runs one callback that reads nothing."""
-
-    waiting: dict[tuple[Any, int], list[Client]] = {}
-    # registrations whose last waiter was just served: dropped on the next
-    # loop iteration unless a waiter queued again (a task that takes tokens
-    # in a loop re-queues in the very step its hand-off wakes)
-    idle: set[tuple[Any, int]] = set()
-
-    @classmethod
-    def join(cls, loop: Any, fd: int, client: Client) -> None:
-        k = (loop, fd)
-        clients = cls.waiting.get(k)
-        if clients is None:
-            cls.waiting[k] = [client]
-            loop.add_reader(fd, cls._ready, k)
-        elif client not in clients:
-            clients.append(client)
-
-    @classmethod
-    def leave(cls, loop: Any, fd: int, client: Client) -> None:
-        k = (loop, fd)
-        clients = cls.waiting.get(k)
-        if clients is None:
-            return
-        try:
-            clients.remove(client)
-        except ValueError:
-            pass
-        if not clients:
-            del cls.waiting[k]
-            loop.remove_reader(fd)
-
-    @classmethod
-    def _ready(cls, k: tuple[Any, int]) -> None:
-        loop, fd = k
-        for c in list(cls.waiting.get(k, ())):
-            if c._closed or c._dead is not None or not c._nwait:
-                # nobody of it queues (served waiters leave on resuming):
-                # a byte left in the pipe must not call us back in a spin
-                cls.leave(loop, fd, c)
-                continue
-            try:
-                if c._pump():
-                    if not c._nwait:
-                        cls.idle_soon(loop, fd)
-                    return  # one token per call: the fd is level-triggered
-            except JobserverError as exc:
-                c._fail(exc)  # the pool is dead: every waiter hears it
-                cls.leave(loop, fd, c)
-            except OSError as exc:
-                c._fail(JobserverError(f"jobserver read failed: {exc}"))
-                cls.leave(loop, fd, c)
-
-    @classmethod
-    def idle_soon(cls, loop: Any, fd: int) -> None:
-        """Nobody queues now: drop the registration on the next iteration
-        unless somebody queues again by then."""
-        k = (loop, fd)
-        if k in cls.waiting and k not in cls.idle:
-            cls.idle.add(k)
-            loop.call_soon(cls._drop_idle, k)
-
-    @classmethod
-    def _drop_idle(cls, k: tuple[Any, int]) -> None:
-        cls.idle.discard(k)
-        for c in list(cls.waiting.get(k, ())):
-            if c._closed or not c._nwait:
-                cls.leave(k[0], k[1], c)
-
-    @classmethod
-    def forget_client(cls, client: Client) -> None:
-        """client is closing: its registrations go before its fd does (a
-        registration left for a closed fd would be a stale entry in the
-        loop's selector, and a new file given the same number would never be
-        watched).  On another thread's loop: asked of that loop."""
-        import asyncio
-
-        here = asyncio._get_running_loop()
-        for k, clients in list(cls.waiting.items()):
-            if client not in clients:
-                continue
-            loop, fd = k
-            if loop is here:
-                cls.leave(loop, fd, client)
-                continue
-            try:
-                loop.call_soon_threadsafe(cls.leave, loop, fd, client)
-            except RuntimeError:  # that loop is closed: nothing to unregister from
-                clients.remove(client)
-                if not clients:
-                    del cls.waiting[k]
-
-    @classmethod
-    def after_fork(cls) -> None:
-        cls.waiting.clear()  # the parent's loops: unusable here
-        cls.idle.clear()
 
 
 class Client:
@@ -389,24 +106,24 @@ class Client:
         # by a signal handler's exception before it could leave the queue
         # (its cleanup interrupted too) is dropped when it reaches the head,
         # and the slots it gathered come back when it is collected.
-        self._queue: deque[weakref.ref[_Waiter]] = deque()
-        self._pending: set[weakref.ref[_Waiter]] = set()
+        self._queue: deque[weakref.ref[Waiter]] = deque()
+        self._pending: set[weakref.ref[Waiter]] = set()
         # Waiters served but not yet resumed: the fast path still defers to
         # them, so a newcomer cannot run before a waiter served earlier.
-        self._resuming: set[weakref.ref[_Waiter]] = set()
+        self._resuming: set[weakref.ref[Waiter]] = set()
         # What each queued (or served, not yet resumed) waiter gathered, kept
         # here too: if its owner vanishes, the slots go on from here.
-        self._gathered: dict[weakref.ref[_Waiter], list[Token]] = {}
+        self._gathered: dict[weakref.ref[Waiter], list[Token]] = {}
         self._orphans: list[Token] = []
         # The weak references of waiters that died (their callback appends
         # here): a sweep looks at these only, not at every queued waiter.
-        self._died: list[weakref.ref[_Waiter]] = []
+        self._died: list[weakref.ref[Waiter]] = []
         self._nwait = 0
-        self._loops: dict[object, _LoopState] = {}
+        self._loops: dict[object, LoopState] = {}
         self._dead: JobserverError | None = None
-        self._tleader_ref: weakref.ref[_Waiter] | None = None
+        self._tleader_ref: weakref.ref[Waiter] | None = None
         self._wake: tuple[int, int] | None = None
-        self._excl: _ExclusiveWait | None = None  # with _wake, on Linux
+        self._excl: ExclusiveWait | None = None  # with _wake, on Linux
         self._gen = _fork_generation
         self._pool_key = transport.identity()
         self._owns_implicit = implicit_token and self._claim_implicit()
@@ -434,7 +151,7 @@ class Client:
         self.token = _io.TokenContexts(self, self._try_loop)  # type: ignore[method-assign]
         self._reader = _Reader(self) if transport.strategy == "thread" else None
         # On asyncio the fd's reader callback reads for the queue (see
-        # _AioFdWatch) unless a reader thread, a semaphore's waiter thread or
+        # AioFdWatch) unless a reader thread, a semaphore's waiter thread or
         # a FIFO's liveness check has to be driven by a waiting task.
         self._aio_direct = (
             self._reader is None
@@ -584,7 +301,7 @@ class Client:
 
     # -- the queue (every change under self._lock, with signals blocked) ------------
     @property
-    def _tleader(self) -> _Waiter | None:
+    def _tleader(self) -> Waiter | None:
         ref = self._tleader_ref
         return None if ref is None else ref()
 
@@ -622,7 +339,7 @@ class Client:
             for tok in orphans:
                 self._place(tok)
 
-    def _resumed(self, w: _Waiter) -> None:
+    def _resumed(self, w: Waiter) -> None:
         """w runs again (served, or giving up)."""
         if w.ref is not None:
             with self._lock:
@@ -633,7 +350,7 @@ class Client:
                 # freed while only served waiters were left: the queue's now
                 self._implicit_freed()
 
-    def _register(self, w: _Waiter, tried: bool = False) -> bool:
+    def _register(self, w: Waiter, tried: bool = False) -> bool:
         """Queue w; True when it got all it needs at once (it is then not
         queued).  Nobody queued before it: it takes what is free now (unless
         ``tried``: its caller found nothing free a moment ago, in this
@@ -672,7 +389,7 @@ class Client:
                 self._orphans += self._gathered.pop(ref, ())
                 self._count()
 
-    def _unlink(self, w: _Waiter) -> None:
+    def _unlink(self, w: Waiter) -> None:
         """Remove w from the queues in O(1): marked gone and dropped when it
         reaches the head."""
         if w.gone:
@@ -684,7 +401,7 @@ class Client:
         if w.state is not None:
             w.state.prune()
 
-    def _live_waiters(self) -> list[_Waiter]:
+    def _live_waiters(self) -> list[Waiter]:
         out = []
         for ref in self._queue:
             w = ref()
@@ -692,7 +409,7 @@ class Client:
                 out.append(w)
         return out
 
-    def _deliver(self, tok: Token) -> tuple[bool, _Waiter | None]:
+    def _deliver(self, tok: Token) -> tuple[bool, Waiter | None]:
         """Give tok to the head of the queue (caller holds the lock):
         (False, None) when nobody waits; else (True, the waiter to wake when
         it now has all it needs).  (The hot path of every hand-off: the
@@ -765,11 +482,11 @@ class Client:
         finally:
             _restore_signals(old)
 
-    def _abandon(self, w: _Waiter) -> None:
+    def _abandon(self, w: Waiter) -> None:
         """w gave up (cancelled, timed out, failed): its slots go on."""
         old = _block_signals()
         try:
-            wake: list[_Waiter] = []
+            wake: list[Waiter] = []
             back: list[Token] = []
             with self._lock:
                 self._unlink(w)
@@ -824,7 +541,7 @@ class Client:
         for w in waiters:
             self._wake_waiter(w)
 
-    def _wake_waiter(self, w: _Waiter) -> None:
+    def _wake_waiter(self, w: Waiter) -> None:
         w.wake()
         ref = self._tleader_ref
         if ref is not None and ref() is w and w.thread != _thread.get_ident():
@@ -856,7 +573,7 @@ class Client:
         self, need: int, timeout: float | None, fail_now: bool = False, tried: bool = False
     ) -> list[Token]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        w = _Waiter(need)
+        w = Waiter(need)
         lock = _thread.allocate_lock()
         lock.acquire()
         w.lock = lock
@@ -884,11 +601,11 @@ class Client:
     def _wake_pipe(self) -> tuple[int, int]:
         with self._lock:
             if self._wake is None:
-                wake = _wake_up_pipe("the wake-up pipe")
+                wake = wake_up_pipe("the wake-up pipe")
                 t = self._t
-                if _ExclusiveWait.usable() and getattr(t, "wait_token", None) is None:
+                if ExclusiveWait.usable() and getattr(t, "wait_token", None) is None:
                     try:
-                        self._excl = _ExclusiveWait(t.read_fd, wake[0])
+                        self._excl = ExclusiveWait(t.read_fd, wake[0])
                     except OSError as exc:
                         if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
                             # not a pipe or FIFO epoll takes (EPERM): the
@@ -925,7 +642,7 @@ class Client:
                 x.wake()
                 return
 
-    def _wait_thread(self, w: _Waiter, deadline: float | None) -> None:
+    def _wait_thread(self, w: Waiter, deadline: float | None) -> None:
         t = self._t
         interval = t.liveness_interval
         wait_token = getattr(t, "wait_token", None)
@@ -957,7 +674,7 @@ class Client:
                             self._close_wake_if_closed()
 
     def _lead_thread(
-        self, w: _Waiter, remaining: float | None, interval: float | None, wait_token: Any
+        self, w: Waiter, remaining: float | None, interval: float | None, wait_token: Any
     ) -> None:
         """One round of the thread leader: wait for the pool and read."""
         t = self._t
@@ -1080,7 +797,7 @@ class Client:
 
     async def _wait_async(self, need: int, tried: bool = False) -> list[Token]:
         key, call, thread = _backend.loop_handle()
-        w = _Waiter(need)
+        w = Waiter(need)
         w.thread = thread
         if _backend.is_trio():
             w.call = call
@@ -1107,7 +824,7 @@ class Client:
             while True:
                 if w.error is not None:
                     raise w.error
-                _AioFdWatch.join(loop, fd, self)
+                AioFdWatch.join(loop, fd, self)
                 await w.event
                 if w.done:
                     break
@@ -1124,18 +841,18 @@ class Client:
                 # selector).  Left unserved, or closed: drop it now; served:
                 # on the next iteration, unless this task queues again.
                 if self._closed or not w.done:
-                    _AioFdWatch.leave(loop, self._t.read_fd, self)
+                    AioFdWatch.leave(loop, self._t.read_fd, self)
                 else:
-                    _AioFdWatch.idle_soon(loop, self._t.read_fd)
+                    AioFdWatch.idle_soon(loop, self._t.read_fd)
 
-    async def _wait_led(self, w: _Waiter, key: object) -> list[Token]:
+    async def _wait_led(self, w: Waiter, key: object) -> list[Token]:
         """trio, and the strategies a waiting task drives: the oldest waiter
         of each loop waits on the fd (or kicks the reader) for all of them."""
         import anyio
 
         st = self._loops.get(key)
         if st is None:
-            st = self._loops.setdefault(key, _LoopState())
+            st = self._loops.setdefault(key, LoopState())
         aio = w.loop is not None
         if not aio:
             w.event = anyio.Event()
@@ -1182,7 +899,7 @@ class Client:
             if not st.queue and st.leader is None and self._loops.get(key) is st:
                 del self._loops[key]  # no waiter of this loop left: forget it
 
-    async def _lead(self, w: _Waiter, st: _LoopState, key: object) -> None:
+    async def _lead(self, w: Waiter, st: LoopState, key: object) -> None:
         """The oldest waiter of a loop waits on the fd for all of them."""
         import anyio
 
@@ -1201,10 +918,10 @@ class Client:
                     if w.done:
                         return
                     if interval is None:
-                        await _FdWatch.wait_readable(key, t.read_fd)
+                        await FdWatch.wait_readable(key, t.read_fd)
                     else:
                         with anyio.move_on_after(interval) as timer:
-                            await _FdWatch.wait_readable(key, t.read_fd)
+                            await FdWatch.wait_readable(key, t.read_fd)
                         if timer.cancelled_caught:
                             t.check_alive()
                 st.scope = None
@@ -1328,8 +1045,8 @@ class Client:
                     pass
             with self._lock:
                 self._close_wake_if_closed()
-            if _AioFdWatch.waiting:
-                _AioFdWatch.forget_client(self)
+            if AioFdWatch.waiting:
+                AioFdWatch.forget_client(self)
             self._t.close()
             _live_clients.discard(self)
             return len(held)
@@ -1445,7 +1162,7 @@ class _Reader:
 
     def _pipe(self) -> tuple[int, int]:
         if self._kick is None:
-            self._kick = _wake_up_pipe("the reader thread's wake-up pipe")
+            self._kick = wake_up_pipe("the reader thread's wake-up pipe")
         return self._kick
 
     def kick(self) -> None:
@@ -1546,7 +1263,7 @@ class _Reader:
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
-    _AioFdWatch.after_fork()
+    AioFdWatch.after_fork()
     for c in list(_live_clients):
         c._after_fork()
 

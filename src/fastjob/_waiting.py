@@ -1,0 +1,327 @@
+"""The wait glue between a Client's queue and the things that wake it.
+
+* ``Waiter``: one acquire waiting for ``need`` slots (thread: a held lock;
+  asyncio: a bare future; trio: an anyio.Event), and ``LoopState``, the
+  waiters of one loop with its leader (trio and the led strategies).
+* ``AioFdWatch``: on asyncio/uvloop, one ``add_reader`` per fd per loop whose
+  callback reads for the queue; ``FdWatch``: one ``anyio.wait_readable`` per
+  fd per loop for the led strategies.
+* ``ExclusiveWait``: the thread leader's EPOLLEXCLUSIVE wait (Linux).
+
+The queue itself (who is served, in what order, what a waiter that leaves
+hands on) is the Client's (``fastjob/client.py``); this module only waits
+and wakes.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+from collections import deque
+
+from ._errors import JobserverError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+
+if TYPE_CHECKING:
+    import weakref
+    from typing import Any, Callable, Protocol
+
+    import anyio
+
+    from ._core.token import Token
+
+    class QueueOwner(Protocol):
+        """What AioFdWatch needs of a Client."""
+
+        _closed: bool
+        _dead: JobserverError | None
+        _nwait: int
+
+        def _pump(self) -> bool: ...
+
+        def _fail(self, error: JobserverError) -> None: ...
+
+
+def wake_up_pipe(what: str) -> tuple[int, int]:
+    """A non-blocking pipe that wakes a waiting thread; out of fds, one
+    JobserverError that names the fix."""
+    try:
+        r, w = os.pipe()
+    except OSError as exc:
+        raise JobserverError(
+            f"cannot wait for a jobserver token: no file descriptor is free for {what} "
+            f"({exc.strerror}); close some files or raise the limit (ulimit -n)"
+        ) from None
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
+
+
+class ExclusiveWait:
+    """The thread leader's wait on Linux: a private epoll set holding the
+    pool's fd with EPOLLEXCLUSIVE and the wake-up pipe without.  A token
+    written to the pool then wakes one waiting process of those that wait
+    this way, not all of them (a plain poll wakes every one, and all but one
+    find the pipe empty).  Hand-on rule: a leader woken for a byte always
+    reads it (and hands it on, or writes it back) or, leaving instead, reads
+    and places it in _abandon, so that the wake the kernel gave it alone is
+    never dropped.  (An event loop cannot use this: a private epoll fd added
+    to the loop's own epoll is a nested wait, and the kernel wakes every
+    nested exclusive waiter.)"""
+
+    __slots__ = ("_ep", "_fd", "_wake_r")
+
+    def __init__(self, fd: int, wake_r: int) -> None:
+        import select
+
+        ep = select.epoll(2)
+        try:
+            ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            ep.register(wake_r, select.EPOLLIN)
+        except BaseException:
+            ep.close()
+            raise
+        self._ep = ep
+        self._fd = fd
+        self._wake_r = wake_r
+
+    @staticmethod
+    def usable() -> bool:
+        import select
+
+        return hasattr(select, "EPOLLEXCLUSIVE")
+
+    def wait(self, timeout: float | None) -> int:
+        """1: the pool's fd is readable (first, so a wake is never left
+        unread), 2: the wake-up pipe is, 0: timeout.  A signal's handler runs
+        here; if it raises, so does this (PEP 475 retries otherwise)."""
+        events = self._ep.poll(-1 if timeout is None else max(0.0, timeout), 2)
+        r = 0
+        for fd, _ in events:
+            if fd == self._fd:
+                return 1
+            r = 2
+        return r
+
+    def close(self) -> None:
+        self._ep.close()
+
+
+class LoopState:
+    """Per event loop: its waiters in order, and the leader's wait scope."""
+
+    __slots__ = ("queue", "leader", "scope")
+
+    def __init__(self) -> None:
+        self.queue: deque[weakref.ref[Waiter]] = deque()
+        self.leader: Waiter | None = None
+        self.scope: anyio.CancelScope | None = None
+
+    def prune(self) -> None:
+        """Drop the gone and the dead from the head of this loop's queue."""
+        sq = self.queue
+        while sq:
+            x = sq[0]()
+            if x is not None and not x.gone:
+                break
+            sq.popleft()
+
+    def first(self, skip: Waiter | None = None) -> Waiter | None:
+        for ref in self.queue:
+            w = ref()
+            if w is not None and not w.gone and w is not skip:
+                return w
+        return None
+
+
+class Waiter:
+    """One acquire waiting in the queue for ``need`` slots."""
+
+    __slots__ = (
+        "need", "got", "done", "gone", "error", "lock", "event", "loop", "state", "thread",
+        "call", "ref", "__weakref__",
+    )
+
+    def __init__(self, need: int) -> None:
+        self.need = need
+        self.got: list[Token] = []
+        self.done = False  # has all it needs (and is out of the queue)
+        self.gone = True  # not (or no longer) in the queue
+        self.error: BaseException | None = None
+        self.lock: Any = None  # thread waiter: a held lock, released to wake it
+        # task waiter: on asyncio a bare future of its loop (set to wake it;
+        # a fresh one per wait), on trio an anyio.Event
+        self.event: Any = None
+        self.loop: Any = None  # the asyncio loop (None on trio)
+        self.state: LoopState | None = None
+        self.thread = 0
+        self.call: Callable[[Callable[[], Any]], Any] | None = None
+        self.ref: weakref.ref[Waiter] | None = None
+
+    def wake(self) -> None:
+        """Wake the waiter from any thread (it checks done and error)."""
+        lock = self.lock
+        if lock is not None:
+            try:
+                lock.release()
+            except RuntimeError:
+                pass  # woken already, not yet looked
+        elif self.event is not None:
+            if _thread.get_ident() == self.thread:
+                ev = self.event
+                if self.loop is not None and self.state is None:
+                    if not ev.done():  # asyncio, no leader: the common hand-off
+                        ev.set_result(None)
+                    return
+                self.wake_in_loop()
+            else:
+                loop = self.loop
+                call = loop.call_soon_threadsafe if loop is not None else self.call
+                try:
+                    if call is not None:
+                        call(self.wake_in_loop)
+                except RuntimeError:
+                    pass  # that loop has ended; its waiter is gone with it
+
+    def wake_in_loop(self) -> None:
+        ev = self.event
+        assert ev is not None
+        if self.loop is not None:
+            if not ev.done():
+                ev.set_result(None)
+        else:
+            ev.set()
+        st = self.state
+        if st is not None and st.leader is self and st.scope is not None:
+            st.scope.cancel()
+
+
+class FdWatch:
+    """One wait registration per fd per event loop: the first waiter on an fd
+    registers it, the others (other Clients of the same shared fd) wait for
+    it to return (anyio allows one waiter per fd)."""
+
+    watches: dict[tuple[object, int], anyio.Event] = {}
+
+    @classmethod
+    async def wait_readable(cls, key: object, fd: int) -> None:
+        import anyio
+
+        k = (key, fd)
+        ev = cls.watches.get(k)
+        if ev is not None:
+            await ev.wait()
+            return
+        ev = cls.watches[k] = anyio.Event()
+        try:
+            await anyio.wait_readable(fd)
+        finally:
+            if cls.watches.get(k) is ev:
+                del cls.watches[k]
+            ev.set()
+
+
+class AioFdWatch:
+    """asyncio (and uvloop): one ``add_reader`` per fd per loop, shared by
+    every Client of that fd on that loop and kept while any of them has a
+    waiter queued.  The callback reads the token itself (``Client._pump``:
+    one read, handed to the head of that client's queue, whose future it
+    sets), so a hand-off costs one callback and one task step, with no
+    leader task, no cancel scope and no re-registration per token; a loop
+    that lost the race for a byte runs one callback that reads nothing."""
+
+    waiting: dict[tuple[Any, int], list[QueueOwner]] = {}
+    # registrations whose last waiter was just served: dropped on the next
+    # loop iteration unless a waiter queued again (a task that takes tokens
+    # in a loop re-queues in the very step its hand-off wakes)
+    idle: set[tuple[Any, int]] = set()
+
+    @classmethod
+    def join(cls, loop: Any, fd: int, client: QueueOwner) -> None:
+        k = (loop, fd)
+        clients = cls.waiting.get(k)
+        if clients is None:
+            cls.waiting[k] = [client]
+            loop.add_reader(fd, cls._ready, k)
+        elif client not in clients:
+            clients.append(client)
+
+    @classmethod
+    def leave(cls, loop: Any, fd: int, client: QueueOwner) -> None:
+        k = (loop, fd)
+        clients = cls.waiting.get(k)
+        if clients is None:
+            return
+        try:
+            clients.remove(client)
+        except ValueError:
+            pass
+        if not clients:
+            del cls.waiting[k]
+            loop.remove_reader(fd)
+
+    @classmethod
+    def _ready(cls, k: tuple[Any, int]) -> None:
+        loop, fd = k
+        for c in list(cls.waiting.get(k, ())):
+            if c._closed or c._dead is not None or not c._nwait:
+                # nobody of it queues (served waiters leave on resuming):
+                # a byte left in the pipe must not call us back in a spin
+                cls.leave(loop, fd, c)
+                continue
+            try:
+                if c._pump():
+                    if not c._nwait:
+                        cls.idle_soon(loop, fd)
+                    return  # one token per call: the fd is level-triggered
+            except JobserverError as exc:
+                c._fail(exc)  # the pool is dead: every waiter hears it
+                cls.leave(loop, fd, c)
+            except OSError as exc:
+                c._fail(JobserverError(f"jobserver read failed: {exc}"))
+                cls.leave(loop, fd, c)
+
+    @classmethod
+    def idle_soon(cls, loop: Any, fd: int) -> None:
+        """Nobody queues now: drop the registration on the next iteration
+        unless somebody queues again by then."""
+        k = (loop, fd)
+        if k in cls.waiting and k not in cls.idle:
+            cls.idle.add(k)
+            loop.call_soon(cls._drop_idle, k)
+
+    @classmethod
+    def _drop_idle(cls, k: tuple[Any, int]) -> None:
+        cls.idle.discard(k)
+        for c in list(cls.waiting.get(k, ())):
+            if c._closed or not c._nwait:
+                cls.leave(k[0], k[1], c)
+
+    @classmethod
+    def forget_client(cls, client: QueueOwner) -> None:
+        """client is closing: its registrations go before its fd does (a
+        registration left for a closed fd would be a stale entry in the
+        loop's selector, and a new file given the same number would never be
+        watched).  On another thread's loop: asked of that loop."""
+        import asyncio
+
+        here = asyncio._get_running_loop()
+        for k, clients in list(cls.waiting.items()):
+            if client not in clients:
+                continue
+            loop, fd = k
+            if loop is here:
+                cls.leave(loop, fd, client)
+                continue
+            try:
+                loop.call_soon_threadsafe(cls.leave, loop, fd, client)
+            except RuntimeError:  # that loop is closed: nothing to unregister from
+                clients.remove(client)
+                if not clients:
+                    del cls.waiting[k]
+
+    @classmethod
+    def after_fork(cls) -> None:
+        cls.waiting.clear()  # the parent's loops: unusable here
+        cls.idle.clear()
