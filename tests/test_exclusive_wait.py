@@ -445,3 +445,60 @@ def test_a_closed_clients_registration_never_outlives_its_fd(loop: str) -> None:
         run_on_loop(loop, main())
         holder.close()
         assert s.available() == 1
+
+
+_FORK_WHILE_LEADING = r"""
+import os, sys, threading, time
+import fastjob
+with fastjob.Server(3) as s:
+    c = s.client
+    held = [c.try_acquire(), c.try_acquire(), c.try_acquire()]  # implicit + 2: the pool is empty
+    got = []
+    th = threading.Thread(target=lambda: got.append(c.acquire_blocking(timeout=20)))
+    th.start()
+    while c.statistics().tasks_waiting < 1:
+        time.sleep(0.005)
+    assert c._excl is not None  # the parent's thread leader waits exclusively
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        # the child: its own wait, its own epoll set (not the parent's)
+        try:
+            os.close(r)
+            assert c._excl is None
+            os.write(w, b"w")
+            tok = c.acquire_blocking(timeout=20)
+            os.write(w, b"g")
+            tok.release()
+            os._exit(0)
+        except BaseException as e:
+            os.write(w, repr(e).encode())
+            os._exit(1)
+    os.close(w)
+    assert os.read(r, 1) == b"w"
+    time.sleep(0.3)
+    held.pop().release()
+    held.pop().release()
+    assert os.read(r, 1) == b"g", "the child was not served"
+    th.join(20)
+    assert got, "the parent's thread was not served"
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    got[0].release()
+    held.pop().release()
+    print(s.available(), c.statistics().tokens_held)
+"""
+
+
+@linux_only
+def test_a_child_forked_while_the_thread_leader_waits_gets_its_own_exclusive_wait() -> None:
+    """The parent's thread leader waits in its epoll set when the process
+    forks: the child must not wait on the parent's set (an epoll instance
+    and its EPOLLEXCLUSIVE registration are shared across fork) but on its
+    own, and both are served, each by one of two tokens."""
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_WHILE_LEADING],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["2", "0"], out.stdout
