@@ -24,6 +24,7 @@ cdef extern from "fastjob_io.h" nogil:
     int fj_try_write(int fd, int byte)
     int fj_write_nowait(int fd, int byte)
     int fj_wait_readable(int fd, int cancel_fd, int timeout_ms)
+    int fj_wait_pool(int ep, int pool_fd, int timeout_ms)
     int fj_available(int fd)
     int fj_fill(int fd, int byte, int n)
     int fj_drain(int fd, unsigned char *buf, int cap)
@@ -515,6 +516,7 @@ cdef class Core:
     cdef public long long gen
     cdef public long long acquired
     cdef public Py_ssize_t nwait
+    cdef public object solo
     cdef readonly Py_ssize_t held
     cdef Py_ssize_t counts[256]
 
@@ -535,6 +537,7 @@ cdef class Core:
         self.closed = False
         self.acquired = 0
         self.nwait = 0
+        self.solo = None
         self.held = 0
         cdef int i
         for i in range(256):
@@ -569,7 +572,7 @@ cdef class Core:
         """Client.try_acquire: the implicit token, else a pool byte read now,
         else None; the client's slow path while waiters queue, when closed,
         or when only a reader thread may read."""
-        if self.closed or self.nwait:
+        if self.closed or self.nwait or self.solo is not None:
             return self.slow()
         if self.implicit_free:
             self.implicit_free = False
@@ -594,6 +597,62 @@ cdef class Core:
             self.implicit_free = False
             return self._new(-1)
         return None
+
+    def solo_wait(self, w, excl, int wake_fd, timeout):
+        """The lone waiter's wait: while ``self.solo is w`` (a thread that
+        found nobody queued), wait for the pool (in excl's epoll set, else
+        poll with wake_fd; GIL released) and read: the Token, recorded, with
+        ``solo`` cleared, and no Python code between the wake, the read and
+        the record.  Else 0 (timeout), 2 (wake_fd is readable), 1 (the pool
+        is readable but w was put in the queue meanwhile: the caller reads
+        for the queue), 3 (w was put in the queue before it waited).  A
+        signal's Python handler runs here; if it raises, so does this."""
+        cdef int ms = _timeout_ms(timeout)
+        cdef double deadline = -1.0
+        cdef int ep = -1 if excl is None else excl.epfd
+        cdef int rfd = self.rfd
+        cdef int r
+        if ms >= 0:
+            deadline = _monotonic() + ms / 1000.0
+        while True:
+            if self.solo is not w:
+                return 3
+            with nogil:
+                if ep >= 0:
+                    r = fj_wait_pool(ep, rfd, ms)
+                else:
+                    r = fj_wait_readable(rfd, wake_fd, ms)
+            if r == FJ_INTR:
+                PyErr_CheckSignals()  # raises what the handler raised
+            elif r == -1:
+                raise _oserror(errno)
+            elif r != 1:
+                return r
+            elif self.solo is not w:
+                return 1
+            else:
+                r = self._read()
+                if r == FJ_EOF:
+                    raise self.transport.closed_error()
+                if r != FJ_AGAIN:
+                    self.solo = None
+                    return self._new(r)
+                # another process read it first: wait again
+            if deadline >= 0:
+                ms = <int>max(0.0, (deadline - _monotonic()) * 1000.0 + 0.999)
+
+    def solo_claim(self):
+        """Take the lone waiter (to queue it), or None."""
+        cdef object w = self.solo
+        self.solo = None
+        return w
+
+    def solo_leave(self, w):
+        """w stops waiting alone: True if it was still the lone waiter."""
+        if self.solo is w:
+            self.solo = None
+            return True
+        return False
 
     cpdef Token adopt(self, int byte):
         """A held Token for a byte read by someone else (the reader thread)."""
@@ -636,7 +695,7 @@ cdef class Core:
             if self.closed or not self.owns_implicit:
                 return 0
             self.implicit_free = True
-            if self.nwait:
+            if self.nwait or self.solo is not None:
                 self.handoff()  # the client passes it to the oldest waiter
             return 0
         if self.closed:
@@ -698,6 +757,7 @@ cdef class Core:
         """In a forked child: it holds none of the parent's tokens."""
         self.held_bytes()
         self.gen = gen
+        self.solo = None
         self.owns_implicit = False
         self.implicit_free = False
         self.nwait = 0

@@ -186,6 +186,29 @@ static inline int fj_wait_readable(int fd, int cancel_fd, int timeout_ms) {
     }
 }
 
+/* Wait in the epoll set ep (ExclusiveWait: the pool's fd with EPOLLEXCLUSIVE
+ * and a wake-up pipe) until pool_fd is readable (1: reported first, so an
+ * exclusive wake is never left unread), the other fd is (2), or timeout_ms
+ * passed (0).  Without epoll (not Linux) it fails with ENOSYS. */
+#ifdef __linux__
+#include <sys/epoll.h>
+static inline int fj_wait_pool(int ep, int pool_fd, int timeout_ms) {
+    struct epoll_event ev[2];
+    int n = epoll_wait(ep, ev, 2, timeout_ms);
+    if (n < 0) return errno == EINTR ? FJ_INTR : -1;
+    int r = 0;
+    for (int i = 0; i < n; i++) {
+        if (ev[i].data.fd == pool_fd) return 1;
+        r = 2;
+    }
+    return r;
+}
+#else
+static inline int fj_wait_pool(int ep, int pool_fd, int timeout_ms) {
+    (void)ep; (void)pool_fd; (void)timeout_ms; errno = ENOSYS; return -1;
+}
+#endif
+
 /* Bytes waiting in the pipe right now (FIONREAD). */
 static inline int fj_available(int fd) {
     int n = 0;

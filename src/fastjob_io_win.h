@@ -236,6 +236,9 @@ static FJ_INLINE int fj_write(int fd, int byte) { (void)fd; (void)byte; return f
 static FJ_INLINE int fj_wait_readable(int fd, int cancel_fd, int timeout_ms) {
     (void)fd; (void)cancel_fd; (void)timeout_ms; return fj_enosys_();
 }
+static FJ_INLINE int fj_wait_pool(int ep, int pool_fd, int timeout_ms) {
+    (void)ep; (void)pool_fd; (void)timeout_ms; return fj_enosys_();
+}
 static FJ_INLINE int fj_available(int fd) { (void)fd; return fj_enosys_(); }
 static FJ_INLINE int fj_fill(int fd, int byte, int n) { (void)fd; (void)byte; (void)n; return fj_enosys_(); }
 static FJ_INLINE int fj_drain(int fd, unsigned char *buf, int cap) {

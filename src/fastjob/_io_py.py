@@ -403,7 +403,7 @@ class Token:
                 return
             if core.owns_implicit:
                 core._impl.append(1)
-                if core.nwait:
+                if core.nwait or core.solo is not None:
                     core.handoff()  # the client passes it to the oldest waiter
             if core._inbox:
                 core._flush_inbox()
@@ -541,6 +541,8 @@ class Core:
         self.closed = False
         self.acquired = 0
         self.nwait = 0
+        self.solo: Any = None  # the lone waiter (see solo_wait)
+        self._solo_lock = _threading.Lock()
         self.held = 0
         self._counts = [0] * 256
         self._inbox: list[Any] = []
@@ -567,7 +569,7 @@ class Core:
 
     def try_acquire(self) -> Token | None:
         """Client.try_acquire (see _fastjob.Core.try_acquire)."""
-        if self.closed or self.nwait:
+        if self.closed or self.nwait or self.solo is not None:
             return self.slow()  # type: ignore[no-any-return]
         if self._impl:
             tok = self.take_implicit()
@@ -632,6 +634,45 @@ class Core:
         tok._hold = [self]  # (no call since the del)
         self.acquired += 1
         return tok
+
+    def solo_wait(self, w: Any, excl: Any, wake_fd: int, timeout: float | None) -> Token | int:
+        """The lone waiter's wait (see _fastjob.Core.solo_wait): the read and
+        the clearing of ``solo`` happen with signals blocked, under the lock
+        that solo_claim takes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.solo is not w:
+                return 3
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            r = wait_readable(self.rfd, wake_fd, left) if excl is None else excl.wait(left)
+            if r != 1:
+                return int(r)
+            old = block_signals()
+            try:
+                with self._solo_lock:
+                    if self.solo is not w:
+                        return 1
+                    tok = self.take()
+                    if tok is not None:
+                        self.solo = None
+                        return tok
+            finally:
+                restore_signals(old)
+            # another process read it first: wait again
+
+    def solo_claim(self) -> Any:
+        """Take the lone waiter (to queue it), or None."""
+        with self._solo_lock:
+            w, self.solo = self.solo, None
+        return w
+
+    def solo_leave(self, w: Any) -> bool:
+        """w stops waiting alone: True if it was still the lone waiter."""
+        with self._solo_lock:
+            if self.solo is w:
+                self.solo = None
+                return True
+        return False
 
     def adopt(self, byte: int) -> Token:
         """A held Token for a byte read by someone else (the reader thread)."""
@@ -755,6 +796,8 @@ class Core:
         self.owns_implicit = False
         self._impl.clear()
         self.nwait = 0
+        self.solo = None
+        self._solo_lock = _threading.Lock()
 
 
 # -- a ready awaitable (the twin of _fastjob.ready) ----------------------------

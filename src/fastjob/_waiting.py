@@ -70,7 +70,7 @@ class ExclusiveWait:
     to the loop's own epoll is a nested wait, and the kernel wakes every
     nested exclusive waiter.)"""
 
-    __slots__ = ("_ep", "_fd", "_wake_r")
+    __slots__ = ("_ep", "_fd", "_wake_r", "epfd")
 
     def __init__(self, fd: int, wake_r: int) -> None:
         import select
@@ -85,6 +85,7 @@ class ExclusiveWait:
         self._ep = ep
         self._fd = fd
         self._wake_r = wake_r
+        self.epfd = ep.fileno()  # for the core's own wait (Core.solo_wait)
 
     @staticmethod
     def usable() -> bool:

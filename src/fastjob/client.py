@@ -158,6 +158,14 @@ class Client:
             and transport.liveness_interval is None
             and getattr(transport, "want", None) is None
         )
+        # A thread that finds nobody queued waits alone, in one native call
+        # that waits, reads and records (Core.solo_wait), outside the queue
+        # until someone else needs the queue (_adopt_solo).
+        self._solo_ok = (
+            self._reader is None
+            and getattr(transport, "wait_token", None) is None
+            and read_mode in (_io.READ_FD, _io.READ_NOWAIT)
+        )
         self._closed = False
         _live_clients.add(self)
 
@@ -310,13 +318,31 @@ class Client:
         self._core.nwait = self._nwait + len(self._resuming)
 
     def _queued(self) -> bool:
-        """True when live waiters queue or were served and have not resumed
-        yet (dropping dead ones)."""
-        if not self._core.nwait:
+        """True when live waiters queue, a thread waits alone, or waiters
+        were served and have not resumed yet (dropping dead ones)."""
+        core = self._core
+        if not core.nwait and core.solo is None:
             return False
         with self._lock:
             self._sweep(full=False)  # the queue's head and the few served ones
-            return bool(self._core.nwait)
+            return bool(core.nwait) or core.solo is not None
+
+    def _adopt_solo(self) -> None:
+        """Put the thread that waits alone (if one does) at the head of the
+        queue, as the thread leader, and wake it: someone queues behind it, a
+        slot is handed to it, or the pool fails or closes (caller holds the
+        lock).  It goes on in _wait_thread."""
+        w = self._core.solo_claim()
+        if w is None:
+            return
+        w.gone = False
+        ref = w.ref = weakref.ref(w, self._died.append)
+        self._queue.appendleft(ref)
+        self._pending.add(ref)
+        self._gathered[ref] = w.got
+        self._count()
+        self._tleader_ref = ref
+        self._kick_thread_leader()
 
     def _sweep(self, full: bool = True) -> None:
         """Drop waiters whose owner vanished (caller holds the lock) and
@@ -364,6 +390,7 @@ class Client:
                     return True
             if self._died:
                 self._sweep()
+            self._adopt_solo()  # first come: it stays ahead of w
             w.gone = False
             ref = w.ref = weakref.ref(w, self._died.append)
             self._queue.append(ref)
@@ -418,6 +445,8 @@ class Client:
         w = q[0]() if q else None
         if w is None or w.gone:
             self._prune()
+            if self._core.solo is not None:
+                self._adopt_solo()
             w = q[0]() if q else None
         if w is None or self._closed:
             return False, None
@@ -469,7 +498,7 @@ class Client:
         old = _block_signals()
         try:
             with self._lock:
-                if not self._nwait:
+                if not self._nwait and self._core.solo is None:
                     return
                 tok = self._core.take_implicit()
                 if tok is None:
@@ -504,21 +533,7 @@ class Client:
                         wake.append(x)
                 if self._tleader is w:
                     self._pass_thread_lead()
-                    if self._excl is not None and not self._closed and self._dead is None:
-                        # Hand-on rule: the kernel may have woken this leader
-                        # alone for a byte it did not read; read it for the
-                        # queue, else it goes back (and the write wakes the
-                        # next exclusive waiter).
-                        try:
-                            passed = self._take()
-                        except JobserverError:
-                            passed = None  # the pool is dead: every waiter hears it
-                        if passed is not None:
-                            taken, x = self._deliver(passed)
-                            if not taken:
-                                back.append(passed)
-                            elif x is not None:
-                                wake.append(x)
+                    self._hand_on(back, wake)
             for tok in back:
                 try:
                     tok.release()
@@ -529,11 +544,54 @@ class Client:
         finally:
             _restore_signals(old)
 
+    def _hand_on(self, back: list[Token], wake: list[Waiter]) -> None:
+        """Hand-on rule, for a thread that leaves its exclusive wait (caller
+        holds the lock): the kernel may have woken it alone for a byte it did
+        not read; read it for the queue, else it goes back into ``back`` (and
+        that write wakes the next exclusive waiter)."""
+        if self._excl is None or self._closed or self._dead is not None:
+            return
+        try:
+            passed = self._take()
+        except JobserverError:
+            return  # the pool is dead: every waiter hears it
+        if passed is not None:
+            taken, x = self._deliver(passed)
+            if not taken:
+                back.append(passed)
+            elif x is not None:
+                wake.append(x)
+
+    def _leave_solo(self, w: Waiter) -> bool:
+        """w, waiting alone, gives up: True if it still was alone (else it
+        is in the queue, and _abandon is for it).  Hand-on rule as in
+        _abandon (the pure twin runs Python code between the wake and the
+        read, where a signal handler may raise)."""
+        old = _block_signals()
+        try:
+            back: list[Token] = []
+            wake: list[Waiter] = []
+            with self._lock:
+                if not self._core.solo_leave(w):
+                    return False
+                self._hand_on(back, wake)
+            for tok in back:
+                try:
+                    tok.release()
+                except JobserverError:
+                    pass
+            for x in wake:
+                self._wake_waiter(x)
+            return True
+        finally:
+            _restore_signals(old)
+
     def _fail(self, error: JobserverError) -> None:
         """The pool is dead: every waiter, present and future, gets error."""
         with self._lock:
             if self._dead is None:
                 self._dead = error
+            self._adopt_solo()
             waiters = self._live_waiters()
             for w in waiters:
                 w.error = error
@@ -578,25 +636,83 @@ class Client:
         lock.acquire()
         w.lock = lock
         w.thread = _thread.get_ident()
+        solo = False
         try:
             old = _block_signals()
             try:
                 if self._reader is None:
                     self._wake_pipe()  # before queueing: a failure here is one clean error
-                if self._register(w, tried):
+                if tried and self._solo_ok:
+                    solo = self._begin_solo(w)
+                if w.done:
+                    return w.got
+                if not solo and self._register(w, tried):
                     return w.got
                 if fail_now:
                     raise TimeoutError("the jobserver slots are not free now (timeout=0)")
             finally:
                 _restore_signals(old)
+            if solo:
+                tok = self._wait_solo(w, deadline)
+                if tok is not None:
+                    return [tok]
             if self._reader is not None:
                 self._reader.kick()
             self._wait_thread(w, deadline)
             self._resumed(w)
             return w.got
         except BaseException:
-            self._abandon(w)
+            if not (solo and self._leave_solo(w)):
+                self._abandon(w)
             raise
+
+    def _begin_solo(self, w: Waiter) -> bool:
+        """w waits alone if nobody queues (caller blocked signals); it may
+        get the implicit token at once (w.done)."""
+        with self._lock:
+            self._check_open()
+            if self._queued():
+                return False
+            core = self._core
+            core.solo = w
+            # freed since the caller looked (no hand-off could see w then)
+            tok = core.take_implicit()
+            if tok is not None:
+                core.solo = None
+                w.got.append(tok)
+                w.done = True
+            return True
+
+    def _wait_solo(self, w: Waiter, deadline: float | None) -> Token | None:
+        """Wait alone for one token (Core.solo_wait); None once w was put in
+        the queue (it goes on waiting there, as the thread leader)."""
+        core = self._core
+        t = self._t
+        interval = t.liveness_interval
+        assert self._wake is not None
+        wake_r = self._wake[0]
+        excl = self._excl
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("no jobserver token became free in time")
+            wait_for = remaining
+            if interval is not None:
+                wait_for = interval if wait_for is None else min(wait_for, interval)
+            started = time.monotonic()
+            try:
+                r = core.solo_wait(w, excl, wake_r, wait_for)
+                if type(r) is not int:
+                    return r  # type: ignore[return-value]
+                if r == 2:
+                    _io.drain(wake_r, 64)
+                if core.solo is not w:
+                    return None
+                if r == 0 and interval is not None and time.monotonic() - started >= interval:
+                    t.check_alive()
+            except JobserverError as exc:
+                self._fail(exc)
+                raise
 
     def _wake_pipe(self) -> tuple[int, int]:
         with self._lock:
@@ -647,10 +763,15 @@ class Client:
         interval = t.liveness_interval
         wait_token = getattr(t, "wait_token", None)
         while True:
-            if w.done:
+            if w.done or w.error is not None:
+                if self._tleader is w:  # adopted from waiting alone, then served
+                    with self._lock:
+                        if self._tleader is w:
+                            self._pass_thread_lead()
+                            self._close_wake_if_closed()
+                if w.error is not None:
+                    raise w.error
                 return
-            if w.error is not None:
-                raise w.error
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("no jobserver token became free in time")
@@ -994,7 +1115,7 @@ class Client:
             return ClientStatistics(
                 tokens_held=core.held + int(implicit_held),
                 implicit_held=implicit_held,
-                tasks_waiting=self._nwait,
+                tasks_waiting=self._nwait + (core.solo is not None),
                 tokens_acquired=core.acquired,
                 wait_strategy=self._t.strategy,
             )
@@ -1032,6 +1153,7 @@ class Client:
                 core.closed = True
                 held = core.held_bytes()
                 core.implicit_free = False
+                self._adopt_solo()
                 waiters = self._live_waiters()
                 for w in waiters:
                     self._unlink(w)
