@@ -426,14 +426,12 @@ class Token:
             del hold[0]
         except IndexError:
             return  # another thread released it just now
-        counts = core._counts
-        counts[b] -= 1
-        core.held -= 1
+        core._counts[b] -= 1
         try:
             if mode == WRITE_FD or _RWF_NOWAIT_W is None:
                 _os_write(core.wfd, data)
             else:
-                _os_pwritev(core.wfd, [data], -1, _RWF_NOWAIT_W)
+                _os_pwritev(core.wfd, _IOVS[b], -1, _RWF_NOWAIT_W)
         except BlockingIOError:
             core._unrelease(self)  # still held: a later release() may succeed
             raise core.full_error() from None
@@ -490,6 +488,7 @@ _os_write = os.write
 _os_pwritev: Any = getattr(os, "pwritev", None)
 _os_preadv: Any = getattr(os, "preadv", None)
 _BYTES = [bytes((i,)) for i in range(256)]
+_IOVS = [[b] for b in _BYTES]  # pwritev's buffers, built once (never changed)
 
 
 def _no_rwf_nowait() -> None:
@@ -543,7 +542,6 @@ class Core:
         self.nwait = 0
         self.solo: Any = None  # the lone waiter (see solo_wait)
         self._solo_lock = _threading.Lock()
-        self.held = 0
         self._counts = [0] * 256
         self._inbox: list[Any] = []
         self._nbuf = bytearray(1)
@@ -555,6 +553,11 @@ class Core:
             self._read_args = (_os_preadv, (rfd,), ([self._nbuf],), (-1,), (_RWF_NOWAIT,))
         else:
             self._read_args = ()
+
+    @property
+    def held(self) -> int:
+        """Pool tokens held (summed when asked: the hot path keeps one count)."""
+        return sum(self._counts)
 
     @property
     def implicit_free(self) -> bool:
@@ -614,7 +617,6 @@ class Core:
         tok._byte = b
         tok._gen = self.gen
         self._counts[b] += 1
-        self.held += 1
         self.acquired += 1
         del inbox[0]  # the byte is the token's now (no call in between)
         return tok
@@ -682,14 +684,12 @@ class Core:
         tok._gen = self.gen
         if byte >= 0:
             self._counts[byte] += 1
-            self.held += 1
         self.acquired += 1
         return tok
 
     def _unrelease(self, tok: Token) -> None:
         tok._hold.append(self)
         self._counts[tok._byte] += 1
-        self.held += 1
 
     def _give_slow(self, tok: Token) -> None:
         """Write tok's byte through the transport (FIFO, semaphore); tok's
@@ -768,7 +768,6 @@ class Core:
         b = tok._byte
         if b >= 0 and tok._gen == self.gen and self._counts[b] > 0:
             self._counts[b] -= 1
-            self.held -= 1
 
     def give(self, tok: Token) -> None:
         """Release tok (Token.release)."""
@@ -786,7 +785,6 @@ class Core:
                 out.append(data[0])
         self._inbox.clear()
         self._counts = [0] * 256
-        self.held = 0
         return out
 
     def after_fork(self, gen: int) -> None:
