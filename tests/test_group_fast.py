@@ -383,3 +383,56 @@ async def test_tasks_cancelled_before_their_first_step_give_their_slots_back(wei
         assert not [w for w in caught if issubclass(w.category, fastjob.TokenLeakWarning)], caught
         stats = server.client.statistics()
         assert stats.tokens_held == 0 and server.available() == 3
+
+
+async def test_hand_off_yields_to_a_thread_waiting_alone() -> None:
+    """A thread in acquire_blocking that found nobody queued waits alone in
+    the core, outside the client's queue: a slot a job frees is still its
+    (it came first), not the later spawner's."""
+    import threading
+    import time
+
+    with fastjob.Server(jobs=2) as server:
+        c = server.client
+        order: list[str] = []
+        gates = {"a": anyio.Event(), "b": anyio.Event()}
+        got: list[fastjob.Token] = []
+
+        async def job(tag: str) -> None:
+            order.append(tag)
+            if tag in gates:
+                await gates[tag].wait()
+
+        def outsider() -> None:
+            got.append(c.acquire_blocking(timeout=20))
+            order.append("thread")
+
+        with anyio.fail_after(20):
+            async with fastjob.JobGroup(c) as group:
+                await group.spawn(job, "a")
+                await group.spawn(job, "b")
+                th = threading.Thread(target=outsider, daemon=True)
+                th.start()
+                while c._core.solo is None:  # type: ignore[attr-defined]
+                    await anyio.sleep(0.002)
+                async with anyio.create_task_group() as tg:
+
+                    async def spawn_c() -> None:
+                        await group.spawn(job, "c")
+
+                    tg.start_soon(spawn_c)
+                    await anyio.sleep(0.05)  # spawn_c waits, after the thread
+                    gates["a"].set()  # one slot comes free: the thread's
+                    t0 = time.monotonic()
+                    while not got:
+                        assert time.monotonic() - t0 < 10
+                        await anyio.sleep(0.002)
+                    await anyio.sleep(0.05)
+                    assert "c" not in order
+                    got[0].release()  # now c's
+                    while "c" not in order:
+                        await anyio.sleep(0.002)
+                    gates["b"].set()
+                th.join(10)
+        assert order == ["a", "b", "thread", "c"]
+        assert c.statistics().tokens_held == 0

@@ -327,6 +327,11 @@ class Client:
             self._sweep(full=False)  # the queue's head and the few served ones
             return bool(core.nwait) or core.solo is not None
 
+    def _queued_waiters(self) -> int:
+        """Waiters queued now (not the served ones about to resume), the
+        thread waiting alone included (JobGroup's first-come rule)."""
+        return self._nwait + (self._core.solo is not None)
+
     def _adopt_solo(self) -> None:
         """Put the thread that waits alone (if one does) at the head of the
         queue, as the thread leader, and wake it: someone queues behind it, a
@@ -1115,7 +1120,7 @@ class Client:
             return ClientStatistics(
                 tokens_held=core.held + int(implicit_held),
                 implicit_held=implicit_held,
-                tasks_waiting=self._nwait + (core.solo is not None),
+                tasks_waiting=self._queued_waiters(),
                 tokens_acquired=core.acquired,
                 wait_strategy=self._t.strategy,
             )

@@ -159,14 +159,12 @@ class JobGroup:
         """True when a waiter of the client other than this group's watcher
         is queued: a freed token is then the client's to hand out (first
         come, first served), not ours.  Unknown (another core) counts as yes."""
-        # Queued waiters only (served ones about to resume wait for nothing);
-        # without that count, the core's (queued + served), which is safe.
-        nwait = getattr(self._client, "_nwait", None)
-        if nwait is None:
-            nwait = getattr(getattr(self._client, "_core", None), "nwait", None)
-            if nwait is None:
-                return True
-        return bool(nwait > (1 if self._watcher_queued else 0))
+        # Queued waiters only (served ones about to resume wait for nothing),
+        # the thread waiting alone in the core included.
+        count = getattr(self._client, "_queued_waiters", None)
+        if count is None:
+            return True
+        return bool(count() > (1 if self._watcher_queued else 0))
 
     def _give(self, tok: Token) -> bool:
         """A freed slot of this group: to the oldest waiting spawner, when
