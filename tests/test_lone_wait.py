@@ -85,12 +85,24 @@ class _Thread(threading.Thread):
             self.result = exc
 
 
+def _lone_waiter(c: fastjob.Client, order: list[str] | None = None) -> _Thread:
+    """A thread waiting alone in acquire_blocking (once it does)."""
+    a = _Thread(c, [] if order is None else order, "a")
+    a.start()
+    _until(lambda: _alone(c))
+    return a
+
+
+def _give_back(server: fastjob.Server, held: list[fastjob.Token]) -> None:
+    for t in held:
+        t.release()
+    assert server.available() == 2
+
+
 def test_a_lone_waiter_is_counted_and_served(server: fastjob.Server) -> None:
     c = server.client
     held = _take_all(c)
-    a = _Thread(c, [], "a")
-    a.start()
-    _until(lambda: _alone(c))
+    a = _lone_waiter(c)
     assert c.statistics().tasks_waiting == 1
     assert c.try_acquire() is None  # nobody jumps the lone waiter
     _pool_token(held).release()
@@ -107,9 +119,7 @@ def test_a_thread_that_comes_later_is_served_after_the_lone_waiter(server: fastj
     c = server.client
     held = _take_all(c)
     order: list[str] = []
-    a = _Thread(c, order, "a")
-    a.start()
-    _until(lambda: _alone(c))
+    a = _lone_waiter(c, order)
     b = _Thread(c, order, "b")
     b.start()
     _until(lambda: c.statistics().tasks_waiting == 2)
@@ -123,9 +133,7 @@ def test_a_thread_that_comes_later_is_served_after_the_lone_waiter(server: fastj
     assert order == ["a", "b"]
     assert isinstance(b.result, fastjob.Token)
     b.result.release()
-    for t in held:
-        t.release()
-    assert server.available() == 2
+    _give_back(server, held)
 
 
 @pytest.mark.parametrize("loop", asyncio_loops())
@@ -133,9 +141,7 @@ def test_a_task_that_comes_later_is_served_after_the_lone_waiter(server: fastjob
     c = server.client
     held = _take_all(c)
     order: list[str] = []
-    a = _Thread(c, order, "a")
-    a.start()
-    _until(lambda: _alone(c))
+    a = _lone_waiter(c, order)
 
     async def main() -> None:
         task = asyncio.ensure_future(c.acquire())
@@ -155,9 +161,7 @@ def test_a_task_that_comes_later_is_served_after_the_lone_waiter(server: fastjob
     run_on_loop(loop, main())
     a.join(10)
     assert order == ["a", "task"]
-    for t in held:
-        t.release()
-    assert server.available() == 2
+    _give_back(server, held)
 
 
 def test_the_implicit_token_freed_goes_to_the_lone_waiter(server: fastjob.Server) -> None:
@@ -165,24 +169,18 @@ def test_the_implicit_token_freed_goes_to_the_lone_waiter(server: fastjob.Server
     held = _take_all(c)
     implicit = next(t for t in held if t.implicit)
     held.remove(implicit)
-    a = _Thread(c, [], "a")
-    a.start()
-    _until(lambda: _alone(c))
+    a = _lone_waiter(c)
     implicit.release()  # no byte is written: only the hand-off can wake it
     a.join(10)
     assert isinstance(a.result, fastjob.Token) and a.result.implicit
     a.result.release()
-    for t in held:
-        t.release()
-    assert server.available() == 2
+    _give_back(server, held)
 
 
 def test_close_stops_the_lone_waiter(server: fastjob.Server) -> None:
     c = server.client
     held = _take_all(c)
-    a = _Thread(c, [], "a")
-    a.start()
-    _until(lambda: _alone(c))
+    a = _lone_waiter(c)
     with pytest.warns(fastjob.TokenLeakWarning):
         c.close()  # the held slots go back, the waiter hears the close
     a.join(10)
@@ -205,9 +203,7 @@ def test_a_timeout_leaves_nobody_waiting(server: fastjob.Server) -> None:
     again = c.try_acquire()  # the fast path is open again
     assert again is not None and not again.implicit
     again.release()
-    for t in held:
-        t.release()
-    assert server.available() == 2
+    _give_back(server, held)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
@@ -217,9 +213,7 @@ def test_a_fork_child_has_no_lone_waiter(server: fastjob.Server) -> None:
     is still served."""
     c = server.client
     held = _take_all(c)
-    a = _Thread(c, [], "a")
-    a.start()
-    _until(lambda: _alone(c))
+    a = _lone_waiter(c)
     r, w = os.pipe()
     import warnings
 
@@ -246,9 +240,7 @@ def test_a_fork_child_has_no_lone_waiter(server: fastjob.Server) -> None:
     a.join(10)
     assert isinstance(a.result, fastjob.Token)
     a.result.release()
-    for t in held:
-        t.release()
-    assert server.available() == 2
+    _give_back(server, held)
 
 
 STORM = r"""

@@ -340,14 +340,22 @@ class Client:
         w = self._core.solo_claim()
         if w is None:
             return
+        self._tleader_ref = self._enqueue(w, front=True)
+        self._kick_thread_leader()
+
+    def _enqueue(self, w: Waiter, front: bool = False) -> weakref.ref[Waiter]:
+        """Put w in the queue, at its tail or (the lone waiter) its head
+        (caller holds the lock)."""
         w.gone = False
         ref = w.ref = weakref.ref(w, self._died.append)
-        self._queue.appendleft(ref)
+        if front:
+            self._queue.appendleft(ref)
+        else:
+            self._queue.append(ref)
         self._pending.add(ref)
         self._gathered[ref] = w.got
         self._count()
-        self._tleader_ref = ref
-        self._kick_thread_leader()
+        return ref
 
     def _sweep(self, full: bool = True) -> None:
         """Drop waiters whose owner vanished (caller holds the lock) and
@@ -396,12 +404,7 @@ class Client:
             if self._died:
                 self._sweep()
             self._adopt_solo()  # first come: it stays ahead of w
-            w.gone = False
-            ref = w.ref = weakref.ref(w, self._died.append)
-            self._queue.append(ref)
-            self._pending.add(ref)
-            self._gathered[ref] = w.got
-            self._count()
+            ref = self._enqueue(w)
             if w.state is not None:
                 w.state.queue.append(ref)
         return False
