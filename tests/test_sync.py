@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,33 @@ def test_server_close_warns_about_missing_tokens_and_reconcile() -> None:
     assert s.reconcile() == -2 and s.available() == 3
     os.read(s.client._t.read_fd, 1)
     with pytest.warns(fastjob.TokenLeakWarning, match="1 jobserver token"):
+        s.close()
+
+
+@pytest.mark.parametrize("style", ["pipe", "fifo"])
+def test_server_close_warns_about_surplus_tokens(style: str) -> None:
+    """A process that gave back more than it took leaves the pool larger
+    than -jN (more jobs than slots could run): close() says so, as make does
+    ("Exiting with N jobserver tokens available; should be M!")."""
+    s = fastjob.Server(4, style=style)
+    held = s.client.try_acquire()  # the implicit token: not in the pool
+    s.client._t.write(ord("+"))  # type: ignore[attr-defined]  # two bytes nobody took
+    s.client._t.write(ord("+"))  # type: ignore[attr-defined]
+    assert s.available() == 5
+    with pytest.warns(fastjob.TokenLeakWarning, match=r"2 jobserver token\(s\) more .*pool 5, expected 3"):
+        s.close()
+    assert held is not None
+    held.release()
+
+
+def test_server_close_is_quiet_when_the_pool_is_exact() -> None:
+    s = fastjob.Server(4)
+    toks = [s.client.try_acquire() for _ in range(4)]
+    for t in toks:
+        assert t is not None
+        t.release()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         s.close()
 
 

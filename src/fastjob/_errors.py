@@ -48,7 +48,8 @@ class JobserverWarning(UserWarning):
 
 
 class TokenLeakWarning(UserWarning):
-    """A token was never released, or a pool is short of tokens at close."""
+    """A token was never released, or a pool is short of tokens at close (or
+    holds more than it was made with)."""
 
 
 def warn_at_caller(message: str, category: type[Warning]) -> None:

@@ -382,13 +382,20 @@ class Server:
         self._stop_services()
         try:
             if os.getpid() == self._pid:
-                short = self._shortfall()
-                if short:
+                off = self._imbalance()
+                if off:
                     expected = self.expected()  # withheld and held here left out
+                    if off > 0:
+                        why = f"{off} jobserver token(s) were not returned"
+                        cause = "a child probably died holding them"
+                    else:
+                        why = f"the pool has {-off} jobserver token(s) more than it was made with"
+                        cause = (
+                            "a process gave back tokens it never took, so more jobs "
+                            "than the pool's size could run"
+                        )
                     warn_at_caller(
-                        f"fastjob: {short} jobserver token(s) were not returned "
-                        f"(pool {expected - short}, expected {expected}); "
-                        "a child probably died holding them",
+                        f"fastjob: {why} (pool {expected - off}, expected {expected}); {cause}",
                         TokenLeakWarning,
                     )
         finally:
@@ -435,12 +442,15 @@ class Server:
                 source=self,
             )
 
-    def _shortfall(self) -> int:
+    def _imbalance(self) -> int:
+        """Tokens missing from the pool (> 0) or too many in it (< 0), as
+        make checks at exit ("Exiting with N jobserver tokens available;
+        should be M!"); 0 when exact or unknown."""
         try:
             have = self.available()
         except JobserverError:
             return 0
-        return max(0, self.expected() - have)
+        return self.expected() - have
 
     def _cleanup_files(self) -> None:
         if self._dir is not None and os.getpid() == self._pid:
