@@ -43,6 +43,7 @@ _WAITER = textwrap.dedent(
     out = int(sys.argv[1]); want = int(sys.argv[2]); mode = sys.argv[3]; how = sys.argv[4]
     if mode == "poll":  # the plain poll instead: every waiting process wakes
         w_mod.ExclusiveWait.usable = staticmethod(lambda: False)
+        w_mod._EXCLUSIVE = False
     calls = [0]
     orig = w_mod.ExclusiveWait.wait
     def wait(self, timeout):
@@ -58,6 +59,10 @@ _WAITER = textwrap.dedent(
     implicit = c.try_acquire()  # this process's own slot: keep it
     if how == "one":
         acquire = c.acquire_blocking  # alone: the core's own wait
+    elif how == "task":  # an asyncio task: the loop's reader callback
+        import asyncio
+        loop = asyncio.new_event_loop()
+        acquire = lambda timeout: loop.run_until_complete(asyncio.wait_for(c.acquire(), timeout))
     else:
         acquire = lambda timeout: c.acquire_many_blocking(1, timeout=timeout)  # queued
     slept = sleeps()
@@ -162,11 +167,12 @@ def _count_wakes(n: int, per: int, mode: str, how: str) -> int:
 
 
 @linux_only
-@pytest.mark.parametrize("how", ["one", "many"])
+@pytest.mark.parametrize("how", ["one", "many", "task"])
 def test_a_token_wakes_one_waiting_process_not_each(how: str) -> None:
     """Three processes wait (alone in acquire_blocking: the core's own wait;
-    or queued, through acquire_many_blocking): each write wakes one, where
-    a plain poll wakes all three.  Wakes are the kernel's count of the
+    queued, through acquire_many_blocking; or an asyncio task, through the
+    loop's own epoll set): each write wakes one, where a plain poll wakes
+    all three.  Wakes are the kernel's count of the
     waiting thread's sleeps (RUSAGE_THREAD), whatever code waited."""
     n, per = 3, 4
     wakes = _count_wakes(n, per, "count", how)
@@ -176,11 +182,12 @@ def test_a_token_wakes_one_waiting_process_not_each(how: str) -> None:
 
 
 @linux_only
-def test_the_wake_count_tells_a_plain_poll_apart() -> None:
-    """The measure above can fail: with the plain poll each write wakes
-    every waiting process."""
+@pytest.mark.parametrize("how", ["one", "task"])
+def test_the_wake_count_tells_a_plain_poll_apart(how: str) -> None:
+    """The measure above can fail: with the plain poll (for a task: the
+    loop's plain registration) each write wakes every waiting process."""
     n, per = 3, 4
-    wakes = _count_wakes(n, per, "poll", "one")
+    wakes = _count_wakes(n, per, "poll", how)
     assert wakes > n * per + 2 * n, f"only {wakes} wakes for {n * per} tokens with a plain poll"
 
 
@@ -529,3 +536,82 @@ def test_a_child_forked_while_the_thread_leader_waits_gets_its_own_exclusive_wai
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["2", "0"], out.stdout
+
+
+_LONE_WAITER = """
+import os, sys, fastjob
+c = fastjob.from_env(strict=True)
+implicit = c.try_acquire()  # its own slot: kept
+os.write(int(sys.argv[1]), b"r")
+try:
+    tok = c.acquire_blocking(timeout=8)
+except TimeoutError:
+    os.write(int(sys.argv[1]), b"t")
+else:
+    os.write(int(sys.argv[1]), b"g")
+    tok.release()
+implicit.release()
+c.close()
+"""
+
+
+@linux_only
+def test_a_loop_registration_that_goes_hands_its_wake_on() -> None:
+    """The loop's registration waits with EPOLLEXCLUSIVE, first in the
+    pipe's queue, so the kernel wakes this loop alone for a byte another
+    process writes.  In the same loop iteration, before the reader callback
+    runs, a release here serves the loop's only waiter: the callback finds
+    nobody waiting and the registration goes.  It must read the byte and
+    give it back, else child B, waiting in acquire_blocking, sleeps until
+    its timeout with a token in the pool."""
+
+    async def main() -> str:
+        s = fastjob.Server(2)
+        c = s.client
+        implicit = c.try_acquire()
+        r, w = s.pass_fds
+        os.set_blocking(r, False)
+        byte = os.read(r, 1)  # the pool is empty; this byte comes back "from another process"
+        os.set_blocking(r, True)
+        loop = asyncio.get_running_loop()
+        waiter = asyncio.ensure_future(c.acquire())
+        await asyncio.sleep(0.05)  # queued
+        k = (loop, c._t.read_fd)
+        assert k in _waiting.AioFdWatch.exclusive
+        orig = _waiting.AioFdWatch._ready
+        calls = []
+
+        def ready(key: object) -> None:
+            if not calls:
+                implicit.release()  # serves the waiter in-process, before this callback
+            calls.append(key)
+            orig(key)
+
+        _waiting.AioFdWatch._ready = ready  # type: ignore[method-assign]
+        loop.remove_reader(k[1])
+        loop.add_reader(k[1], ready, k)
+        assert _waiting._make_exclusive(loop, k[1])  # (before the child's: first in the queue)
+        out_r, out_w = os.pipe()
+        child = subprocess.Popen(
+            [sys.executable, "-c", _LONE_WAITER, str(out_w)],
+            env=s.env(dict(os.environ)), pass_fds=(out_w, *s.pass_fds),
+        )
+        os.close(out_w)
+        assert await loop.run_in_executor(None, os.read, out_r, 1) == b"r"
+        await asyncio.sleep(0.5)  # the child waits now
+        try:
+            threading.Timer(0.2, os.write, (w, byte)).start()  # while the loop waits
+            tok = await asyncio.wait_for(waiter, 5)
+            assert tok.implicit and calls
+            report = await loop.run_in_executor(None, os.read, out_r, 1)
+        finally:
+            _waiting.AioFdWatch._ready = orig  # type: ignore[method-assign]
+        child.wait(timeout=20)
+        os.close(out_r)
+        tok.release()
+        assert k not in _waiting.AioFdWatch.waiting
+        assert s.available() == 1
+        s.close()
+        return report.decode()
+
+    assert asyncio.run(main()) == "g", "the child slept with a token in the pool"

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         _dead: JobserverError | None
         _nwait: int
 
-        def _pump(self) -> bool: ...
+        def _pump(self, implicit: bool = True) -> bool: ...
 
         def _fail(self, error: JobserverError) -> None: ...
 
@@ -230,13 +230,24 @@ class AioFdWatch:
     one read, handed to the head of that client's queue, whose future it
     sets), so a hand-off costs one callback and one task step, with no
     leader task, no cancel scope and no re-registration per token; a loop
-    that lost the race for a byte runs one callback that reads nothing."""
+    that lost the race for a byte runs one callback that reads nothing.
+
+    On asyncio's own epoll selector the fd is in the loop's epoll set with
+    EPOLLEXCLUSIVE, so that a token written to the pool wakes one waiting
+    loop of all the processes that wait this way, not every one (the loop
+    thread waits on that epoll set itself: not a nested wait).  Hand-on
+    rule, as for the thread leader: a registration that goes away reads the
+    byte it may have been woken alone for and hands it on (or back), and
+    its callback, finding nobody waiting, does the same.  (uvloop keeps its
+    epoll fd to itself: there every waiting loop is woken.)"""
 
     waiting: dict[tuple[Any, int], list[QueueOwner]] = {}
     # registrations whose last waiter was just served: dropped on the next
     # loop iteration unless a waiter queued again (a task that takes tokens
     # in a loop re-queues in the very step its hand-off wakes)
     idle: set[tuple[Any, int]] = set()
+    # registrations in the loop's epoll set with EPOLLEXCLUSIVE
+    exclusive: set[tuple[Any, int]] = set()
 
     @classmethod
     def join(cls, loop: Any, fd: int, client: QueueOwner) -> None:
@@ -245,6 +256,8 @@ class AioFdWatch:
         if clients is None:
             cls.waiting[k] = [client]
             loop.add_reader(fd, cls._ready, k)
+            if _EXCLUSIVE and _make_exclusive(loop, fd):
+                cls.exclusive.add(k)
         elif client not in clients:
             clients.append(client)
 
@@ -260,7 +273,24 @@ class AioFdWatch:
             pass
         if not clients:
             del cls.waiting[k]
-            loop.remove_reader(fd)
+            loop.remove_reader(fd)  # first: the byte handed back must not wake this loop
+            if k in cls.exclusive:
+                cls.exclusive.discard(k)
+                cls._hand_on(client)
+
+    @staticmethod
+    def _hand_on(client: QueueOwner) -> None:
+        """The registration is gone: a byte the kernel may have woken this
+        loop alone for is read, and goes to a waiter of client or back to
+        the pool (where its write wakes the next waiting process)."""
+        if client._closed or client._dead is not None:
+            return  # its fd is closed (or dead): nothing to read
+        try:
+            client._pump(implicit=False)
+        except JobserverError as exc:
+            client._fail(exc)
+        except OSError as exc:
+            client._fail(JobserverError(f"jobserver read failed: {exc}"))
 
     @classmethod
     def _ready(cls, k: tuple[Any, int]) -> None:
@@ -269,6 +299,7 @@ class AioFdWatch:
             if c._closed or c._dead is not None or not c._nwait:
                 # nobody of it queues (served waiters leave on resuming):
                 # a byte left in the pipe must not call us back in a spin
+                # (the last one to leave hands the byte on)
                 cls.leave(loop, fd, c)
                 continue
             try:
@@ -326,3 +357,32 @@ class AioFdWatch:
     def after_fork(cls) -> None:
         cls.waiting.clear()  # the parent's loops: unusable here
         cls.idle.clear()
+        cls.exclusive.clear()
+
+
+_EXCLUSIVE = ExclusiveWait.usable()
+
+
+def _make_exclusive(loop: Any, fd: int) -> bool:
+    """Re-add fd (just added with add_reader) to the loop's own epoll set
+    with EPOLLEXCLUSIVE; False where the loop is not asyncio's epoll
+    selector, or the kernel refuses (the plain registration stays)."""
+    import select
+
+    sel = getattr(loop, "_selector", None)
+    if type(sel).__name__ != "EpollSelector":
+        return False
+    ep = getattr(sel, "_selector", None)
+    if type(ep) is not select.epoll:
+        return False
+    try:
+        ep.unregister(fd)
+    except OSError:
+        return False
+    try:
+        # (a byte written in between is not missed: the add looks at the pipe)
+        ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        return True
+    except OSError:
+        ep.register(fd, select.EPOLLIN)
+        return False

@@ -482,12 +482,16 @@ class Client:
         elif w is not None:
             self._wake_waiter(w)
 
-    def _pump(self) -> bool:
-        """Read one token for the queue; False when the pool had none."""
+    def _pump(self, implicit: bool = True) -> bool:
+        """Read one token for the queue; False when the pool had none.
+        (``implicit=False``: a pool byte even if the implicit token is free:
+        the caller hands on a wake the kernel may have given it alone.)"""
         old = _block_signals()
         try:
             with self._lock:
-                tok = self._core.take_implicit()  # free while nobody could take it
+                if self._closed:
+                    return False  # its fd is closed (its number maybe reused): never read it
+                tok = self._core.take_implicit() if implicit else None  # free while nobody could take it
                 if tok is None:
                     tok = self._take()
                 if tok is None:
