@@ -276,17 +276,20 @@ class AioFdWatch:
             loop.remove_reader(fd)  # first: the byte handed back must not wake this loop
             if k in cls.exclusive:
                 cls.exclusive.discard(k)
-                cls._hand_on(client)
+                cls._hand_on(client, fd)
 
     @staticmethod
-    def _hand_on(client: QueueOwner) -> None:
+    def _hand_on(client: QueueOwner, fd: int) -> None:
         """The registration is gone: a byte the kernel may have woken this
         loop alone for is read, and goes to a waiter of client or back to
         the pool (where its write wakes the next waiting process)."""
         if client._closed or client._dead is not None:
             return  # its fd is closed (or dead): nothing to read
+        from . import _io
+
         try:
-            client._pump(implicit=False)
+            if _io.available(fd) > 0:  # (one ioctl: most registrations go with the pipe empty)
+                client._pump(implicit=False)
         except JobserverError as exc:
             client._fail(exc)
         except OSError as exc:
@@ -370,10 +373,13 @@ def _make_exclusive(loop: Any, fd: int) -> bool:
     import select
 
     sel = getattr(loop, "_selector", None)
-    if type(sel).__name__ != "EpollSelector":
+    if sel is None or type(sel).__name__ != "EpollSelector":
         return False
     ep = getattr(sel, "_selector", None)
     if type(ep) is not select.epoll:
+        return False
+    key = sel.get_map().get(fd)
+    if key is None or key.events != 1:  # selectors.EVENT_READ only: never drop a writer's EPOLLOUT
         return False
     try:
         ep.unregister(fd)
