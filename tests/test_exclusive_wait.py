@@ -619,3 +619,76 @@ def test_a_loop_registration_that_goes_hands_its_wake_on() -> None:
         return report.decode()
 
     assert asyncio.run(main()) == "g", "the child slept with a token in the pool"
+
+
+_CANCELLING_TASKS = """
+import asyncio, os, random, sys, fastjob
+async def main():
+    c = fastjob.from_env(strict=True)
+    implicit = c.try_acquire()  # its own slot, kept: every token comes through the pool
+    for _ in range(300):
+        try:
+            async with asyncio.timeout(random.random() * 0.002):  # cancelled at any await
+                async with c.token():
+                    await asyncio.sleep(random.random() * 0.001)
+        except TimeoutError:
+            pass
+    # At the end every process waits for one token with no timeout of its own:
+    # a wake lost along the way leaves one sleeping with a token in the pool.
+    tok = await asyncio.wait_for(c.acquire(), 20)
+    tok.release()
+    implicit.release()
+    c.close()
+    print("ok")
+asyncio.run(main())
+"""
+
+
+@linux_only
+def test_exclusive_loop_waits_lose_no_wake_under_cancellation() -> None:
+    """Four processes, each an asyncio task that acquires with a random
+    timeout of up to 2 ms (so it is cancelled while queued, while being
+    served and while holding), on a pool of two: every process finishes,
+    each final wait is served, and the pool comes out exact.  (A stress of
+    conservation and liveness; the hand-on rule itself is pinned by
+    test_a_loop_registration_that_goes_hands_its_wake_on, since here the
+    other processes' releases soon wake a loop that missed one.)"""
+    with fastjob.Server(3) as s:
+        implicit = s.client.try_acquire()
+        env = s.env(dict(os.environ))
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CANCELLING_TASKS], env=env, pass_fds=s.pass_fds,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for _ in range(4)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, [e[-2000:] for _, e in outs]
+        assert [o.strip() for o, _ in outs] == ["ok"] * 4
+        assert s.available() == 2
+        implicit.release()
+
+
+@linux_only
+def test_a_registration_that_goes_passes_a_byte_through_uncounted() -> None:
+    """Free tokens sit in the pool when a loop's last waiter is served and
+    its registration goes: the hand-on read passes one through (it may be
+    the wake the kernel gave this loop alone) and gives it back, and that is
+    no acquire: the statistics and the pool are as before."""
+
+    async def main() -> None:
+        with fastjob.Server(3) as s:
+            c = s.client
+            loop = asyncio.get_running_loop()
+            fd = c._t.read_fd
+            before = c.statistics().tokens_acquired
+            for _ in range(5):
+                _waiting.AioFdWatch.join(loop, fd, c)
+                assert (loop, fd) in _waiting.AioFdWatch.exclusive
+                _waiting.AioFdWatch.leave(loop, fd, c)
+            assert (loop, fd) not in _waiting.AioFdWatch.waiting
+            assert c.statistics().tokens_acquired == before
+            assert s.available() == 2
+
+    asyncio.run(main())

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
         _dead: JobserverError | None
         _nwait: int
 
-        def _pump(self, implicit: bool = True) -> bool: ...
+        def _pump(self) -> bool: ...
+
+        def _hand_on_wake(self) -> None: ...
 
         def _fail(self, error: JobserverError) -> None: ...
 
@@ -288,8 +290,8 @@ class AioFdWatch:
         from . import _io
 
         try:
-            if _io.available(fd) > 0:  # (one ioctl: most registrations go with the pipe empty)
-                client._pump(implicit=False)
+            if _io.available(fd) > 0:  # one ioctl when the pool is empty (the contended case)
+                client._hand_on_wake()
         except JobserverError as exc:
             client._fail(exc)
         except OSError as exc:

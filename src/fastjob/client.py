@@ -482,16 +482,14 @@ class Client:
         elif w is not None:
             self._wake_waiter(w)
 
-    def _pump(self, implicit: bool = True) -> bool:
-        """Read one token for the queue; False when the pool had none.
-        (``implicit=False``: a pool byte even if the implicit token is free:
-        the caller hands on a wake the kernel may have given it alone.)"""
+    def _pump(self) -> bool:
+        """Read one token for the queue; False when the pool had none."""
         old = _block_signals()
         try:
             with self._lock:
                 if self._closed:
                     return False  # its fd is closed (its number maybe reused): never read it
-                tok = self._core.take_implicit() if implicit else None  # free while nobody could take it
+                tok = self._core.take_implicit()  # free while nobody could take it
                 if tok is None:
                     tok = self._take()
                 if tok is None:
@@ -502,6 +500,30 @@ class Client:
             elif w is not None:
                 self._wake_waiter(w)
             return True
+        finally:
+            _restore_signals(old)
+
+    def _hand_on_wake(self) -> None:
+        """Hand-on rule for a wait registration that goes (AioFdWatch): the
+        kernel may have woken this process alone for a byte in the pool;
+        read it and give it to the oldest waiter, else straight back (its
+        write wakes the next waiting process).  A byte that only passes
+        through is not counted as acquired."""
+        old = _block_signals()
+        try:
+            with self._lock:
+                if self._closed or self._dead is not None:
+                    return  # closed: its fd number may be reused; dead: nothing to pass on
+                tok = self._take()
+                if tok is None:
+                    return
+                taken, w = self._deliver(tok)
+                if not taken:
+                    self._core.acquired -= 1
+            if not taken:
+                tok.release()
+            elif w is not None:
+                self._wake_waiter(w)
         finally:
             _restore_signals(old)
 
@@ -571,6 +593,7 @@ class Client:
             taken, x = self._deliver(passed)
             if not taken:
                 back.append(passed)
+                self._core.acquired -= 1  # only passed through
             elif x is not None:
                 wake.append(x)
 
