@@ -275,10 +275,18 @@ class AioFdWatch:
             pass
         if not clients:
             del cls.waiting[k]
-            loop.remove_reader(fd)  # first: the byte handed back must not wake this loop
-            if k in cls.exclusive:
+            if k not in cls.exclusive:
+                loop.remove_reader(fd)
+                return
+            from . import _io
+
+            old = _io.block_signals()  # the registration and its hand-on go together
+            try:
                 cls.exclusive.discard(k)
+                loop.remove_reader(fd)  # first: the byte handed back must not wake this loop
                 cls._hand_on(client, fd)
+            finally:
+                _io.restore_signals(old)
 
     @staticmethod
     def _hand_on(client: QueueOwner, fd: int) -> None:
@@ -383,14 +391,23 @@ def _make_exclusive(loop: Any, fd: int) -> bool:
     key = sel.get_map().get(fd)
     if key is None or key.events != 1:  # selectors.EVENT_READ only: never drop a writer's EPOLLOUT
         return False
+    from . import _io
+
+    # Signals blocked: a handler raising between the two calls would leave
+    # the fd out of the loop's epoll set for good (the selector still lists
+    # it), and its waiters asleep forever.
+    old = _io.block_signals()
     try:
-        ep.unregister(fd)
-    except OSError:
-        return False
-    try:
-        # (a byte written in between is not missed: the add looks at the pipe)
-        ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-        return True
-    except OSError:
-        ep.register(fd, select.EPOLLIN)
-        return False
+        try:
+            ep.unregister(fd)
+        except OSError:
+            return False
+        try:
+            # (a byte written in between is not missed: the add looks at the pipe)
+            ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            return True
+        except OSError:
+            ep.register(fd, select.EPOLLIN)
+            return False
+    finally:
+        _io.restore_signals(old)
