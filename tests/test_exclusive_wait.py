@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -692,3 +694,102 @@ def test_a_registration_that_goes_passes_a_byte_through_uncounted() -> None:
             assert s.available() == 2
 
     asyncio.run(main())
+
+
+class _Boom(Exception):
+    pass
+
+
+def _epoll_events(selector: Any, fd: int) -> int | None:
+    """fd's event mask in the loop's epoll set (EPOLLIN: 1, EPOLLEXCLUSIVE:
+    1 << 28; the kernel may add EPOLLERR/EPOLLHUP bits), None if absent."""
+    ep = selector._selector.fileno()
+    with open(f"/proc/self/fdinfo/{ep}") as f:
+        for line in f:
+            parts = line.split()
+            if parts[:1] == ["tfd:"] and int(parts[1]) == fd:
+                return int(parts[3], 16) & (0x10000000 | 1)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+@pytest.mark.parametrize("loop_name", asyncio_loops())
+def test_a_handler_raising_at_any_line_of_a_registration_change_leaves_it_whole(
+    loop_name: str,
+) -> None:
+    """A signal handler raises at the n-th line that AioFdWatch.join or
+    leave runs, for every n.  The record of the loop's registrations and
+    the loop's own registration must still agree: a record with no
+    registration leaves its waiters asleep with a token in the pool; a
+    registration with no record (or no client) calls back in a spin; an
+    exclusive one not marked as such skips its hand-on."""
+    watched = {_waiting.AioFdWatch.join.__code__, _waiting.AioFdWatch.leave.__code__}
+
+    def raise_at(n: int) -> tuple[Any, list[int]]:
+        seen = [0]
+
+        def local(frame: Any, event: str, arg: object) -> Any:
+            if event == "line":
+                seen[0] += 1
+                if seen[0] == n + 1:
+                    # its handler raises at once (here: at this line), or
+                    # where the signal is unblocked
+                    signal.raise_signal(signal.SIGUSR1)
+            return local
+
+        def tracer(frame: Any, event: str, arg: object) -> Any:
+            return local if frame.f_code in watched else None
+
+        return tracer, seen
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Boom
+
+    async def main() -> int:
+        s = fastjob.Server(2)
+        c = s.client
+        held = [c.try_acquire(), c.try_acquire()]  # the implicit one and the pool's one
+        loop = asyncio.get_running_loop()
+        fd = c._t.read_fd
+        selector = getattr(loop, "_selector", None)  # asyncio's; uvloop keeps its own
+        n = 0
+        while True:
+            tracer, seen = raise_at(n)
+            sys.settrace(tracer)
+            try:
+                await asyncio.wait_for(c.acquire(), 0.05)
+            except (_Boom, TimeoutError):
+                pass
+            finally:
+                sys.settrace(None)
+            await asyncio.sleep(0)  # an idle registration goes on the next iteration
+            await asyncio.sleep(0)
+            k = (loop, fd)
+            recorded = k in _waiting.AioFdWatch.waiting
+            marked = k in _waiting.AioFdWatch.exclusive
+            assert recorded or not marked, n
+            if selector is not None:
+                assert (fd in selector.get_map()) == recorded, f"record and loop disagree (line {n})"
+                assert _epoll_events(selector, fd) == (
+                    (0x10000000 | 1) if marked else 1 if recorded else None
+                ), f"marked exclusive or not, and the epoll set disagree (line {n})"
+            # and the next waiter is served by a byte written to the pool
+            waiter = asyncio.ensure_future(c.acquire())
+            await asyncio.sleep(0.01)
+            held.pop().release()
+            held.append(await asyncio.wait_for(waiter, 5))
+            if seen[0] <= n:
+                break  # no line n: every line has had its turn
+            n += 1
+        for t in held:
+            t.release()
+        assert s.available() == 1
+        s.close()
+        return n
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        lines = run_on_loop(loop_name, main())
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert lines > 10  # join and leave both ran under the tracer

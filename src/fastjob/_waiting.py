@@ -255,13 +255,25 @@ class AioFdWatch:
     def join(cls, loop: Any, fd: int, client: QueueOwner) -> None:
         k = (loop, fd)
         clients = cls.waiting.get(k)
-        if clients is None:
-            cls.waiting[k] = [client]
+        if clients is not None:
+            if client not in clients:
+                clients.append(client)
+            return
+        from . import _io
+
+        # Signals blocked: the loop's registration and our record of it
+        # change together.  (A handler raising in between would leave a
+        # record with no registration, its waiters asleep for good, or an
+        # exclusive registration not marked as one, whose leave would skip
+        # the hand-on.)
+        old = _io.block_signals()
+        try:
             loop.add_reader(fd, cls._ready, k)
+            cls.waiting[k] = [client]
             if _EXCLUSIVE and _make_exclusive(loop, fd):
                 cls.exclusive.add(k)
-        elif client not in clients:
-            clients.append(client)
+        finally:
+            _io.restore_signals(old)
 
     @classmethod
     def leave(cls, loop: Any, fd: int, client: QueueOwner) -> None:
@@ -269,24 +281,26 @@ class AioFdWatch:
         clients = cls.waiting.get(k)
         if clients is None:
             return
-        try:
-            clients.remove(client)
-        except ValueError:
-            pass
-        if not clients:
-            del cls.waiting[k]
-            if k not in cls.exclusive:
-                loop.remove_reader(fd)
-                return
-            from . import _io
-
-            old = _io.block_signals()  # the registration and its hand-on go together
+        if len(clients) > 1 or clients[0] is not client:
             try:
+                clients.remove(client)
+            except ValueError:
+                pass
+            return
+        from . import _io
+
+        # Signals blocked: the record, the registration and its hand-on go
+        # together.  (A record left with no client would make the callback
+        # find nobody to read for while a byte sits in the pipe: a spin.)
+        old = _io.block_signals()
+        try:
+            del cls.waiting[k]
+            loop.remove_reader(fd)  # first: a byte handed back must not wake this loop
+            if k in cls.exclusive:
                 cls.exclusive.discard(k)
-                loop.remove_reader(fd)  # first: the byte handed back must not wake this loop
                 cls._hand_on(client, fd)
-            finally:
-                _io.restore_signals(old)
+        finally:
+            _io.restore_signals(old)
 
     @staticmethod
     def _hand_on(client: QueueOwner, fd: int) -> None:
@@ -377,7 +391,7 @@ _EXCLUSIVE = ExclusiveWait.usable()
 
 
 def _make_exclusive(loop: Any, fd: int) -> bool:
-    """Re-add fd (just added with add_reader) to the loop's own epoll set
+    """Re-add fd (just added with add_reader; the caller blocked signals) to the loop's own epoll set
     with EPOLLEXCLUSIVE; False where the loop is not asyncio's epoll
     selector, or the kernel refuses (the plain registration stays)."""
     import select
@@ -391,23 +405,17 @@ def _make_exclusive(loop: Any, fd: int) -> bool:
     key = sel.get_map().get(fd)
     if key is None or key.events != 1:  # selectors.EVENT_READ only: never drop a writer's EPOLLOUT
         return False
-    from . import _io
-
-    # Signals blocked: a handler raising between the two calls would leave
-    # the fd out of the loop's epoll set for good (the selector still lists
-    # it), and its waiters asleep forever.
-    old = _io.block_signals()
+    # (The caller blocked signals: a handler raising between the two calls
+    # would leave the fd out of the loop's epoll set for good, the selector
+    # still listing it, and its waiters asleep forever.)
     try:
-        try:
-            ep.unregister(fd)
-        except OSError:
-            return False
-        try:
-            # (a byte written in between is not missed: the add looks at the pipe)
-            ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            return True
-        except OSError:
-            ep.register(fd, select.EPOLLIN)
-            return False
-    finally:
-        _io.restore_signals(old)
+        ep.unregister(fd)
+    except OSError:
+        return False
+    try:
+        # (a byte written in between is not missed: the add looks at the pipe)
+        ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        return True
+    except OSError:
+        ep.register(fd, select.EPOLLIN)
+        return False
