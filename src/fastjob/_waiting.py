@@ -391,9 +391,10 @@ _EXCLUSIVE = ExclusiveWait.usable()
 
 
 def _make_exclusive(loop: Any, fd: int) -> bool:
-    """Re-add fd (just added with add_reader; the caller blocked signals) to the loop's own epoll set
-    with EPOLLEXCLUSIVE; False where the loop is not asyncio's epoll
-    selector, or the kernel refuses (the plain registration stays)."""
+    """Re-add fd (just added with add_reader; the caller blocked signals)
+    to the loop's own epoll set with EPOLLEXCLUSIVE; False where the loop
+    is not asyncio's epoll selector, or the kernel refuses (the plain
+    registration stays)."""
     import select
 
     sel = getattr(loop, "_selector", None)
