@@ -477,6 +477,11 @@ class Client:
         """A token nobody holds: to the oldest waiter, else back to the pool."""
         with self._lock:
             taken, w = self._deliver(tok)
+        self._hand_over(tok, taken, w)
+
+    def _hand_over(self, tok: Token, taken: bool, w: Waiter | None) -> None:
+        """After _deliver, the lock released: wake the waiter that tok
+        completed, or give tok back to the pool when nobody waited."""
         if not taken:
             tok.release()
         elif w is not None:
@@ -495,10 +500,7 @@ class Client:
                 if tok is None:
                     return False
                 taken, w = self._deliver(tok)
-            if not taken:
-                tok.release()
-            elif w is not None:
-                self._wake_waiter(w)
+            self._hand_over(tok, taken, w)
             return True
         finally:
             _restore_signals(old)
@@ -520,10 +522,7 @@ class Client:
                 taken, w = self._deliver(tok)
                 if not taken:
                     self._core.acquired -= 1
-            if not taken:
-                tok.release()
-            elif w is not None:
-                self._wake_waiter(w)
+            self._hand_over(tok, taken, w)
         finally:
             _restore_signals(old)
 
@@ -538,10 +537,7 @@ class Client:
                 if tok is None:
                     return
                 taken, w = self._deliver(tok)
-            if not taken:
-                tok.release()
-            elif w is not None:
-                self._wake_waiter(w)
+            self._hand_over(tok, taken, w)
         finally:
             _restore_signals(old)
 
