@@ -16,6 +16,7 @@ import select
 import struct
 import sys
 import time
+import weakref as _weakref_mod
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from typing import Any
@@ -82,7 +83,7 @@ _RWF_NOWAIT_W = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "pwritev") else N
 
 def try_write(fd: int, byte: int) -> int:
     """Write one token byte to a non-blocking fd: 0, or AGAIN when full."""
-    data = bytes((byte,))
+    data = _BYTES[byte]
     while True:
         try:
             if os.write(fd, data) == 1:
@@ -98,7 +99,7 @@ def write_nowait(fd: int, byte: int) -> int:
     """Write one token byte without ever blocking and without touching the
     description's flags: 0, or AGAIN when the pipe is full."""
     global _RWF_NOWAIT_W
-    data = bytes((byte,))
+    data = _BYTES[byte]
     if _RWF_NOWAIT_W is not None:
         while True:
             try:
@@ -346,7 +347,10 @@ class Token:
     """
 
     # _hold is [core] while held, [] once released: ``del hold[0]`` is
-    # atomic, so exactly one releasing thread takes the record.
+    # atomic, so exactly one releasing thread takes the record.  A token is
+    # made as a _HeldToken (the leak check's __del__); its release makes it
+    # a plain Token again, so a released token's dealloc runs no Python code
+    # (cheaper, and no signal handler can raise in a finalizer there).
     __slots__ = ("_hold", "_byte", "_gen", "__weakref__")
 
     _hold: list[Core]
@@ -394,6 +398,7 @@ class Token:
                 del hold[0]
             except IndexError:
                 pass
+            self.__class__ = Token
             return  # before a fork, or written back by close() already
         mode = core.write_mode
         if b < 0:
@@ -401,7 +406,9 @@ class Token:
                 del hold[0]
             except IndexError:
                 return
-            if core.owns_implicit:
+            core._impl_watch = None  # (no call since the del: the record and the watch go together)
+            self.__class__ = Token
+            if core.owns_implicit and not core._impl:
                 core._impl.append(1)
                 if core.nwait or core.solo is not None:
                     core.handoff()  # the client passes it to the oldest waiter
@@ -418,6 +425,7 @@ class Token:
                 except IndexError:
                     return
                 core._give_slow(self)
+                self.__class__ = Token
             finally:
                 restore_signals(old)
             return
@@ -432,6 +440,7 @@ class Token:
                 _os_write(core.wfd, data)
             else:
                 _os_pwritev(core.wfd, _IOVS[b], -1, _RWF_NOWAIT_W)
+            self.__class__ = Token  # released: no finalizer any more
         except BlockingIOError:
             core._unrelease(self)  # still held: a later release() may succeed
             raise core.full_error() from None
@@ -452,9 +461,26 @@ class Token:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.release()
 
+    def __repr__(self) -> str:
+        kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
+        state = "released" if not self._hold else "held"
+        return f"<fastjob.Token {kind} {state}>"
+
+
+class _HeldToken(Token):
+    """A Token as it is made: with the leak check.  (A handler that raises
+    at the very start of __del__, before any of its code runs, would lose a
+    dropped token; the implicit one has a second watch, see
+    Core._impl_watch; a pool token's byte is written back by close().)"""
+
+    __slots__ = ()
+
     def __del__(self) -> None:
-        if not self._hold:
-            return
+        try:
+            if not self._hold:
+                return
+        except AttributeError:
+            return  # dropped as it was made (a handler raised before its hold was set)
         # Release first (a warning turned into an error must not lose it),
         # with signals blocked: a handler must not raise before the give.
         old = block_signals()
@@ -476,13 +502,10 @@ class Token:
             stacklevel=2,
         )
 
-    def __repr__(self) -> str:
-        kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
-        state = "released" if not self._hold else "held"
-        return f"<fastjob.Token {kind} {state}>"
-
 
 _new_token = object.__new__
+_weakref = _weakref_mod.ref
+_NOT_HELD: list[Any] = []  # the hold of a Token not (yet) held: never appended to
 _os_read = os.read
 _os_write = os.write
 _os_pwritev: Any = getattr(os, "pwritev", None)
@@ -532,6 +555,13 @@ class Core:
         self.write_mode = write_mode
         self.owns_implicit = owns_implicit
         self._impl: list[int] = [1] if owns_implicit else []
+        # The implicit token's second watch: (weak reference to its Token,
+        # the Token's hold list).  Its callback (a C call: no Python code, so
+        # no signal handler, runs in it) reports the Token's death, even when
+        # its __del__ could not run; take_implicit() and flush() then free a
+        # slot whose holder died with its record still in place.
+        self._impl_watch: tuple[Any, list[Any]] | None = None
+        self._impl_deaths: list[Any] = []
         self.gen = gen
         self.slow = slow
         self.handoff = handoff
@@ -541,7 +571,8 @@ class Core:
         self.acquired = 0
         self.nwait = 0
         self.solo: Any = None  # the lone waiter (see solo_wait)
-        self._solo_lock = _threading.Lock()
+        # re-entrant: a finalizer the collector runs inside a take may hand off
+        self._solo_lock = _threading.RLock()
         self._counts = [0] * 256
         self._inbox: list[Any] = []
         self._nbuf = bytearray(1)
@@ -599,10 +630,17 @@ class Core:
             if r == EOF:
                 raise self.transport.closed_error()
             return self.adopt(r)
+        # Allocated first: an allocation may run the garbage collector, and
+        # a dropped Token's __del__ there may give back the inbox's byte
+        # (_flush_inbox); after the look at the inbox nothing allocates.
+        tok: Token = _new_token(_HeldToken)
+        hold = [self]
+        tok._hold = _NOT_HELD
         if not inbox:
             try:
                 inbox.extend(map(*self._read_args))
             except BlockingIOError:
+                tok.__class__ = Token  # never held: no finalizer to run
                 return None
         data = inbox[0]
         if type(data) is int:
@@ -612,10 +650,9 @@ class Core:
         if b == EOF:
             del inbox[0]
             raise self.transport.closed_error()
-        tok: Token = _new_token(Token)
-        tok._hold = [self]
         tok._byte = b
         tok._gen = self.gen
+        tok._hold = hold
         self._counts[b] += 1
         self.acquired += 1
         del inbox[0]  # the byte is the token's now (no call in between)
@@ -625,17 +662,41 @@ class Core:
         """The implicit token if it is free, else None (ignores the queue)."""
         if self.closed:
             return None
-        tok: Token = _new_token(Token)
-        tok._hold = []  # not held (yet): dropped, it gives nothing back
+        if self._impl_deaths:
+            self._implicit_orphaned()
+        if not self._impl:
+            return None
+        tok: Token = _new_token(_HeldToken)
+        tok._hold = _NOT_HELD  # not held (yet): dropped, it gives nothing back
         tok._byte = -1
         tok._gen = self.gen
+        hold = [self]
+        watch: tuple[Any, list[Any]] | None = (_weakref(tok, self._impl_deaths.append), hold)
         try:
             del self._impl[0]  # atomic: the implicit token goes out once
         except IndexError:
+            watch = None  # (before tok goes: no death to report)
+            tok.__class__ = Token
             return None
-        tok._hold = [self]  # (no call since the del)
+        tok._hold = hold  # (no call since the del)
+        self._impl_watch = watch
         self.acquired += 1
         return tok
+
+    def _implicit_orphaned(self) -> None:
+        """A Token of the implicit slot died: if it still held the slot (a
+        handler raised at the start of its __del__), the slot is free."""
+        deaths, self._impl_deaths = self._impl_deaths, []
+        watch = self._impl_watch
+        if watch is None or all(ref is not watch[0] for ref in deaths):
+            return
+        try:
+            del watch[1][0]  # its record: taken once, here or by a release
+        except IndexError:
+            return
+        self._impl_watch = None
+        if self.owns_implicit and not self._impl:
+            self._impl.append(1)
 
     def solo_wait(self, w: Any, excl: Any, wake_fd: int, timeout: float | None) -> Token | int:
         """The lone waiter's wait (see _fastjob.Core.solo_wait): the read and
@@ -678,7 +739,7 @@ class Core:
 
     def adopt(self, byte: int) -> Token:
         """A held Token for a byte read by someone else (the reader thread)."""
-        tok: Token = _new_token(Token)
+        tok: Token = _new_token(_HeldToken)
         tok._hold = [self]
         tok._byte = byte
         tok._gen = self.gen
@@ -729,39 +790,52 @@ class Core:
 
     def flush(self) -> None:
         """Give back a byte a signal handler left between a read and its
-        token (the native core never leaves one)."""
+        token (the native core never leaves one), and free the implicit
+        slot of a Token that died holding it."""
         if self._inbox:
             self._flush_inbox()
+        if self._impl_deaths:
+            self._implicit_orphaned()
 
     def _flush_inbox(self) -> None:
         """Give back a byte a signal handler left in the inbox."""
         inbox = self._inbox
         if not inbox or _get_ident() != _main_ident or self.wfd < 0:
             return
-        data = inbox[0]
-        if type(data) is int:
-            data = _BYTES[self._nbuf[0]] if data else b""
-        if not data:
-            del inbox[0]
-            return
         mode = self.write_mode
-        if mode == WRITE_FD:
-            del inbox[0]  # no call between this and the write
-            _os_write(self.wfd, data)
-        elif mode == WRITE_NOWAIT and _RWF_NOWAIT_W is not None:
-            del inbox[0]
-            _os_pwritev(self.wfd, [data], -1, _RWF_NOWAIT_W)
-        elif mode == WRITE_LOCKED:
+        if mode == WRITE_LOCKED:
             old = block_signals()
             try:
                 t = self.transport
                 with t._lock:
-                    if t._wfd >= 0:
+                    # (looked at only now: a finalizer run by the collector
+                    # in block_signals may have given it back already)
+                    if t._wfd >= 0 and inbox:
+                        b = self._inbox_byte(inbox[0])
                         del inbox[0]
-                        try_write(t._wfd, data[0])
+                        if b >= 0 and try_write(t._wfd, b) == AGAIN:
+                            inbox.insert(0, _BYTES[b])  # full: kept for the next take()
             finally:
                 restore_signals(old)
+            return
+        b = self._inbox_byte(inbox[0])  # (allocates nothing: no collector run)
+        if b < 0:
+            del inbox[0]
+            return
+        if mode == WRITE_FD:
+            del inbox[0]  # no call between this and the write
+            _os_write(self.wfd, _BYTES[b])
+        elif mode == WRITE_NOWAIT and _RWF_NOWAIT_W is not None:
+            del inbox[0]
+            _os_pwritev(self.wfd, _IOVS[b], -1, _RWF_NOWAIT_W)
         # else: the next take() hands it out
+
+    def _inbox_byte(self, data: Any) -> int:
+        """The byte of an inbox entry (a read's bytes, or preadv's count of
+        the byte in _nbuf); EOF for an empty read."""
+        if type(data) is int:
+            return self._nbuf[0] if data else EOF
+        return data[0] if data else EOF
 
     def _lost(self, tok: Token) -> None:
         """Forget a pool token's record (written back, or unwritable)."""
@@ -793,9 +867,12 @@ class Core:
         self.gen = gen
         self.owns_implicit = False
         self._impl.clear()
+        self._impl_watch = None
+        self._impl_deaths = []  # (a new list: the parent's Tokens report to the old one)
         self.nwait = 0
         self.solo = None
-        self._solo_lock = _threading.Lock()
+        # re-entrant: a finalizer the collector runs inside a take may hand off
+        self._solo_lock = _threading.RLock()
 
 
 # -- a ready awaitable (the twin of _fastjob.ready) ----------------------------

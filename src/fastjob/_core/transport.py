@@ -287,7 +287,10 @@ class FifoTransport(Transport):
 
     def __init__(self, path: str, *, allow_foreign: bool = False, owner: bool = False) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        # Re-entrant: a Token's finalizer (run by the garbage collector at
+        # any allocation, so also inside a section that holds this lock, on
+        # this very thread) releases through it.
+        self._lock = threading.RLock()
         self._rfd = -1
         self._wfd = -1
         self._allow_foreign = allow_foreign
@@ -420,7 +423,12 @@ class FifoTransport(Transport):
         /proc/self/fd/N opens the very FIFO that fd is, whatever is at the
         path now), so a path swapped meanwhile cannot strand that byte; else
         by path, checked like every open of it."""
-        self._wfd = self._open_own_writer()
+        fd = self._open_own_writer()
+        if self._wfd >= 0:
+            # a finalizer's release reopened it meanwhile (see _lock)
+            os.close(fd)
+        else:
+            self._wfd = fd
         while self._pending:
             _io.write(self._wfd, self._pending.pop())
 
@@ -508,7 +516,7 @@ class FifoTransport(Transport):
             self._wfd = -1
 
     def _after_fork(self) -> None:
-        self._lock = threading.Lock()  # another thread may have held it at fork
+        self._lock = threading.RLock()  # another thread may have held it at fork
 
 
 def _foreign_message(path: str, uid: int, *, replaced: bool = False) -> str:
