@@ -562,6 +562,7 @@ class Core:
         # slot whose holder died with its record still in place.
         self._impl_watch: tuple[Any, list[Any]] | None = None
         self._impl_deaths: list[Any] = []
+        self._impl_died = self._impl_deaths.append
         self.gen = gen
         self.slow = slow
         self.handoff = handoff
@@ -671,7 +672,7 @@ class Core:
         tok._byte = -1
         tok._gen = self.gen
         hold = [self]
-        watch: tuple[Any, list[Any]] | None = (_weakref(tok, self._impl_deaths.append), hold)
+        watch: tuple[Any, list[Any]] | None = (_weakref(tok, self._impl_died), hold)
         try:
             del self._impl[0]  # atomic: the implicit token goes out once
         except IndexError:
@@ -686,7 +687,10 @@ class Core:
     def _implicit_orphaned(self) -> None:
         """A Token of the implicit slot died: if it still held the slot (a
         handler raised at the start of its __del__), the slot is free."""
-        deaths, self._impl_deaths = self._impl_deaths, []
+        reported = self._impl_deaths
+        n = len(reported)
+        deaths = reported[:n]
+        del reported[:n]  # (in place: the callback appends to this very list)
         watch = self._impl_watch
         if watch is None or all(ref is not watch[0] for ref in deaths):
             return
@@ -869,6 +873,7 @@ class Core:
         self._impl.clear()
         self._impl_watch = None
         self._impl_deaths = []  # (a new list: the parent's Tokens report to the old one)
+        self._impl_died = self._impl_deaths.append
         self.nwait = 0
         self.solo = None
         # re-entrant: a finalizer the collector runs inside a take may hand off
