@@ -64,7 +64,8 @@ _WAITER = textwrap.dedent(
     elif how == "task":  # an asyncio task: the loop's reader callback
         import asyncio
     else:
-        acquire = lambda timeout: c.acquire_many_blocking(1, timeout=timeout)  # queued
+        c._solo_ok = False  # never alone: queued, the thread leader waits
+        acquire = c.acquire_blocking
     slept = sleeps()
     os.write(out, b"r")
     kept = []

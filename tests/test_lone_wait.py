@@ -314,3 +314,27 @@ def test_a_signal_storm_on_the_lone_wait_loses_no_token(strategy: str, style: st
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "0", "False", "0", "True", "True", "True"], out.stdout
+
+
+def test_acquire_many_blocking_of_one_waits_alone() -> None:
+    """One slot by acquire_many_blocking is the plain acquire: with nobody
+    queued it waits alone in the core, not in the queue."""
+    with fastjob.Server(2) as s:
+        c = s.client
+        held = [c.try_acquire(), c.try_acquire()]
+        got: list[object] = []
+        th = threading.Thread(target=lambda: got.append(c.acquire_many_blocking(1, timeout=10)))
+        th.start()
+        deadline = time.monotonic() + 5
+        while c._core.solo is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        alone = c._core.solo is not None
+        held.pop().release()
+        th.join(10)
+        assert alone
+        ts = got[0]
+        assert isinstance(ts, fastjob.TokenSet) and len(ts) == 1
+        ts.release()
+        for t in held:
+            t.release()
+        assert s.available() == 1

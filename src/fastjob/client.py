@@ -656,6 +656,8 @@ class Client:
         gathered meanwhile handed on."""
         n = self._check_weight(n, "n")
         t = _check_timeout(timeout)
+        if n == 1:  # one slot: the plain acquire (it may wait alone, no queue)
+            return TokenSet([self.acquire_blocking(t)])
         return TokenSet(self._blocking(n, t, fail_now=t is not None and t <= 0))
 
     def _blocking(
