@@ -198,6 +198,8 @@ async def test_waiting_costs_no_cpu(strategy: str) -> None:
     with fastjob.Server(1) as s:
         t = await s.client.acquire()
         try:
+            with anyio.move_on_after(0.05):  # the first wait's one-time costs (lazy imports)
+                await s.client.acquire()
             before = resource.getrusage(resource.RUSAGE_SELF)
             with anyio.move_on_after(2.0):
                 await s.client.acquire()
@@ -205,10 +207,11 @@ async def test_waiting_costs_no_cpu(strategy: str) -> None:
         finally:
             t.release()  # (a failure must not leak it into a later test's collection)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        # A spin costs a core (2 s), a 1 ms poll about 0.1 s; the whole
-        # process counts (every thread), and CI ran this at 53 ms on a
-        # loaded machine with no poll in sight, so the bound is 5% of a core.
-        assert cpu < 0.1, f"waiting 2 s cost {cpu * 1000:.1f} ms CPU"
+        # A spin costs a core (2 s), a 1 ms poll about 0.1 s.  The whole
+        # process counts (every thread).  CI once saw 53 ms here on a loaded
+        # machine: a probe under two CPU burners gave 35 ms for a first wait
+        # (one voluntary switch: no poll) and 0.8 ms for the next ones.
+        assert cpu < 0.05, f"waiting 2 s cost {cpu * 1000:.1f} ms CPU"
 
 
 async def test_jobgroup_backpressure_and_limit(anyio_backend: str) -> None:
