@@ -462,3 +462,55 @@ def test_fd_exhaustion_is_one_clean_error() -> None:
         assert s.client.statistics().tasks_waiting == 0
         assert held is not None
         held.release()
+
+
+# -- a wait re-entered from a signal handler inside it -----------------------------
+REENTER = r"""
+import signal, sys, time
+import fastjob
+
+style, call = sys.argv[1], sys.argv[2]
+with fastjob.Server(2, style=style) as s:
+    c = s.client
+    held = [c.try_acquire(), c.try_acquire()]
+    seen = []
+
+    def handler(signum, frame):
+        if call == "try":
+            seen.append(c.try_acquire())  # nothing free for it: None, at once
+            return
+        seen.append("in")
+        c.acquire_blocking()  # no timeout: before, it waited for itself for good
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    t0 = time.monotonic()
+    try:
+        tok = c.acquire_blocking(timeout=1.0 if call == "try" else None)
+        print("got")
+    except RuntimeError as exc:
+        print("error", "waiting for this client already" in str(exc))
+    except TimeoutError:
+        print("timeout", seen)
+    for t in held:
+        t.release()
+    st = c.statistics()
+    print(s.available(), st.tokens_held, st.tasks_waiting)
+"""
+
+
+@pytest.mark.parametrize("strategy", [*POSIX_STRATEGIES, "fifo"])
+@pytest.mark.parametrize("call", ["blocking", "try"])
+def test_a_wait_re_entered_from_a_handler_inside_it_fails_at_once(strategy: str, call: str) -> None:
+    """A signal handler calls acquire_blocking() while its thread waits in
+    acquire_blocking(): the inner wait would queue behind the outer one,
+    which cannot go on until the handler returns.  A clear RuntimeError,
+    not a wait for itself; a try_acquire() there just finds nothing."""
+    style = "fifo" if strategy == "fifo" else "pipe"
+    env = {"FASTJOB_WAIT_STRATEGY": "" if strategy == "fifo" else strategy}
+    out = _run(REENTER, style, call, env=env, timeout=30).split("\n")
+    if call == "blocking":
+        assert out[0] == "error True"
+    else:
+        assert out[0] == "timeout [None]"
+    assert out[1] == "1 0 0"

@@ -68,6 +68,10 @@ _block_signals = _io.block_signals
 _restore_signals = _io.restore_signals
 
 
+class _ReentrantWait(RuntimeError):
+    """acquire_blocking() re-entered on a thread that waits already."""
+
+
 def _check_timeout(timeout: object) -> float | None:
     """None, or the timeout as a float; ValueError for NaN and non-numbers."""
     if timeout is None:
@@ -108,6 +112,7 @@ class Client:
         # and the slots it gathered come back when it is collected.
         self._queue: deque[weakref.ref[Waiter]] = deque()
         self._pending: set[weakref.ref[Waiter]] = set()
+        self._waiting_threads: set[int] = set()  # threads in _blocking now
         # Waiters served but not yet resumed: the fast path still defers to
         # them, so a newcomer cannot run before a waiter served earlier.
         self._resuming: set[weakref.ref[Waiter]] = set()
@@ -668,11 +673,24 @@ class Client:
         lock = _thread.allocate_lock()
         lock.acquire()
         w.lock = lock
-        w.thread = _thread.get_ident()
+        me = w.thread = _thread.get_ident()
         solo = False
+        waiting = self._waiting_threads
+        added = False
         try:
             old = _block_signals()
             try:
+                if me in waiting:
+                    # this thread waits already (this call comes from a signal
+                    # handler, or a finalizer, inside that wait): it would wait
+                    # for itself, first come first served, for good
+                    raise _ReentrantWait(
+                        "acquire_blocking() on a thread that is waiting for this client "
+                        "already (called from a signal handler inside that wait?): it "
+                        "would wait for itself"
+                    )
+                waiting.add(me)
+                added = True  # (signals blocked: nothing runs in between)
                 if self._reader is None:
                     self._wake_pipe()  # before queueing: a failure here is one clean error
                 if tried and self._solo_ok:
@@ -694,10 +712,15 @@ class Client:
             self._wait_thread(w, deadline)
             self._resumed(w)
             return w.got
+        except _ReentrantWait:
+            raise  # (it never queued)
         except BaseException:
             if not (solo and self._leave_solo(w)):
                 self._abandon(w)
             raise
+        finally:
+            if added:
+                waiting.discard(me)
 
     def _begin_solo(self, w: Waiter) -> bool:
         """w waits alone if nobody queues (caller blocked signals); it may
@@ -1251,6 +1274,7 @@ class Client:
         self._owns_implicit = False
         self._queue.clear()
         self._pending.clear()
+        self._waiting_threads.clear()  # (the parent's threads: their idents may come again here)
         self._resuming.clear()
         self._gathered.clear()
         self._orphans.clear()
@@ -1347,8 +1371,8 @@ class _Reader:
             return None
         try:
             return self._client._blocking(1, timeout)[0]
-        except TimeoutError:
-            return None
+        except (TimeoutError, _ReentrantWait):
+            return None  # (re-entered from inside this thread's own wait: it goes first)
 
     def _run(self) -> None:
         # Signals go to the main thread, never here: a handler's exception
