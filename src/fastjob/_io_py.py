@@ -667,7 +667,9 @@ class Core:
             self._implicit_orphaned()
         if not self._impl:
             return None
-        tok: Token = _new_token(_HeldToken)
+        # A plain Token until it holds the slot: dropped before (a handler
+        # raising at one of the calls below), it runs no finalizer.
+        tok: Token = _new_token(Token)
         tok._hold = _NOT_HELD  # not held (yet): dropped, it gives nothing back
         tok._byte = -1
         tok._gen = self.gen
@@ -677,9 +679,9 @@ class Core:
             del self._impl[0]  # atomic: the implicit token goes out once
         except IndexError:
             watch = None  # (before tok goes: no death to report)
-            tok.__class__ = Token
             return None
         tok._hold = hold  # (no call since the del)
+        tok.__class__ = _HeldToken  # (a store: no Python code runs)
         self._impl_watch = watch
         self.acquired += 1
         return tok
