@@ -514,3 +514,101 @@ def test_a_wait_re_entered_from_a_handler_inside_it_fails_at_once(strategy: str,
     else:
         assert out[0] == "timeout [None]"
     assert out[1] == "1 0 0"
+
+
+def test_a_raise_as_the_reader_thread_starts_leaves_one_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "thread" strategy: a handler's exception, deferred to the end of
+    the signal block around the reader thread's start, skipped recording
+    the thread; the next kick started a second one, and two threads did
+    blocking reads of the pool (the sync storm test on this strategy saw a
+    byte held by the stray one after the recorded one had exited)."""
+    from fastjob import _waiting
+    from fastjob import client as client_mod
+
+    monkeypatch.setenv("FASTJOB_WAIT_STRATEGY", "thread")
+    with fastjob.Server(2) as s:
+        c = s.client
+        assert c._reader is not None
+        held = [c.try_acquire(), c._reader.try_get(timeout=5)]
+        w = _waiting.Waiter(1)
+        assert not c._register(w)  # queued: the reader thread has someone to read for
+        real = client_mod._restore_signals
+        raised: list[int] = []
+
+        def restore_then_raise(old: object) -> None:
+            real(old)
+            if not raised:
+                raised.append(1)
+                raise KeyError("deferred")  # what a handler's deferred raise does there
+
+        deadline = time.monotonic() + 5
+        while c._reader._thread is not None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the reader of try_get has exited (nobody waited then)
+        monkeypatch.setattr(client_mod, "_restore_signals", restore_then_raise)
+        with pytest.raises(KeyError):
+            c._reader.kick()
+        monkeypatch.setattr(client_mod, "_restore_signals", real)
+        c._reader.kick()
+        time.sleep(0.1)
+        readers = [t for t in threading.enumerate() if t.name == "fastjob-reader" and t.is_alive()]
+        c._abandon(w)
+        for t in held:
+            assert t is not None
+            t.release()
+        assert len(readers) == 1, readers
+
+
+# -- the pure core's signal mask, first needed in the middle of a storm ------------
+MASK_LOAD = r"""
+import gc, signal, time, warnings
+import fastjob
+from fastjob import _io_py
+
+warnings.simplefilter("ignore", fastjob.TokenLeakWarning)
+
+
+class Boom(Exception):
+    pass
+
+
+armed = False
+
+
+def handler(signum, frame):
+    if armed:
+        raise Boom
+
+
+with fastjob.Server(3) as s:
+    c = s.client
+    fresh = _io_py._native_mask is _io_py._UNSET  # else this proves nothing
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    end = time.monotonic() + 1.0
+    calls = 0
+    while time.monotonic() < end:
+        try:
+            armed = True
+            calls += 1
+            ts = c.try_acquire_up_to(2)  # blocks signals around its critical section
+            ts.release()
+            armed = False
+        except Boom:
+            armed = False
+    loaded = _io_py._native_mask is not _io_py._UNSET  # (the storm still on)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    gc.collect()
+    st = c.statistics()
+    print(fresh, loaded, calls > 100, s.available(), st.tokens_held)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal masks")
+def test_the_signal_mask_loads_in_the_middle_of_a_storm() -> None:
+    """The pure core loads its mask call (ctypes) the first time it blocks
+    signals.  That import runs Python code for milliseconds; a handler that
+    raised in it failed it every time, so under a storm from the start no
+    critical section could be entered (a probe counted 6,870 imports of
+    ctypes in 1.5 s).  It is loaded with every signal blocked now."""
+    out = _run(MASK_LOAD, env={"FASTJOB_NO_EXTENSIONS": "1"})
+    assert out.split() == ["True", "True", "True", "2", "0"]

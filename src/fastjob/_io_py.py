@@ -258,8 +258,20 @@ _mask_bufs: list[Any] = []
 
 
 def _load_mask() -> Any:
+    """Load the libc mask call, every signal blocked meanwhile by the
+    stdlib's own call: importing ctypes runs Python code for milliseconds,
+    and a handler that raised in it (a storm from the start) failed the
+    import each time, so no critical section could ever be entered."""
     global _native_mask
-    _native_mask = _libc_sigmask() if hasattr(_signal, "pthread_sigmask") else None
+    if not hasattr(_signal, "pthread_sigmask"):
+        _native_mask = None
+        return None
+    cur = _signal.pthread_sigmask(_signal.SIG_BLOCK, ())  # reads only: a raise after it changes nothing
+    try:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, _signal.valid_signals())
+        _native_mask = _libc_sigmask()
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, cur)
     return _native_mask
 
 
@@ -274,7 +286,13 @@ def block_signals() -> Any:
     if m is None:
         if not hasattr(_signal, "pthread_sigmask"):
             return _NOTHING  # Windows: no signal masks
-        return ("py", _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals()))
+        cur = _signal.pthread_sigmask(_signal.SIG_BLOCK, ())  # reads only
+        try:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, _signal.valid_signals())
+        except BaseException as exc:  # noqa: BLE001 - re-raised by restore_signals
+            # raised as the call returned: the mask is set (as above)
+            return ("py-deferred", cur, exc)
+        return ("py", cur)
     fn, full, new_buf = m
     # a buffer for the old mask: reused (restore_signals gives it back), as
     # creating one costs more than the call itself
@@ -300,6 +318,9 @@ def restore_signals(old: Any) -> None:
         if old[0] == "py":
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
             return
+        if old[0] == "py-deferred":
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
+            raise old[2]
         _native_mask[0](_signal.SIG_SETMASK, old[1], None)
         _mask_bufs.append(old[1])
         raise old[2]

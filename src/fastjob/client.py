@@ -1355,10 +1355,16 @@ class _Reader:
                 th = threading.Thread(target=self._run, name="fastjob-reader", daemon=True)
                 old = _block_signals()  # a handler raising inside start() breaks threading
                 try:
+                    # Recorded before it starts: a handler's raise deferred to
+                    # the restore below once skipped this, and the next kick
+                    # started a second reader (two blocking reads of the pool).
+                    self._thread = th
                     th.start()
+                except BaseException:
+                    self._thread = None  # it did not start
+                    raise
                 finally:
                     _restore_signals(old)
-                self._thread = th
         try:
             os.write(kick[1], b"k")
         except OSError:
