@@ -144,3 +144,25 @@ def run_on_loop(loop: str, main: Any) -> Any:
 
         return uvloop.run(main)
     return asyncio.run(main)
+
+
+#: The signal-storm scripts' armed handler: it raises Boom only while the
+#: script has set ``armed`` (put in a script with ``with_armed_handler``).
+ARMED_HANDLER = """
+class Boom(Exception):
+    pass
+
+
+armed = False
+
+
+def handler(signum, frame):
+    if armed:
+        raise Boom
+"""
+
+
+def with_armed_handler(script: str) -> str:
+    """script with its ``#: armed handler`` line replaced by ARMED_HANDLER."""
+    assert "#: armed handler\n" in script
+    return script.replace("#: armed handler\n", ARMED_HANDLER)

@@ -23,7 +23,7 @@ import fastjob
 from fastjob import _io
 from fastjob._core.transport import PipeTransport
 
-from conftest import clean_env
+from conftest import clean_env, with_armed_handler
 
 POSIX_STRATEGIES = ["proc-reopen", "rwf-nowait", "thread"]
 
@@ -41,7 +41,7 @@ def _run(code: str, *args: str, env: dict[str, str] | None = None, timeout: floa
 
 
 # -- 1. a signal handler raising at any point loses no token --------------------------
-STORM = r"""
+STORM = with_armed_handler(r"""
 import asyncio, gc, signal, sys, time, warnings
 import fastjob
 
@@ -50,17 +50,7 @@ import fastjob
 warnings.simplefilter("ignore", fastjob.TokenLeakWarning)
 mode, style = sys.argv[1], sys.argv[2]
 
-
-class Boom(Exception):
-    pass
-
-
-armed = False
-
-
-def handler(signum, frame):
-    if armed:
-        raise Boom
+#: armed handler
 
 
 def sync_storm(c, held, end):
@@ -130,7 +120,7 @@ with fastjob.Server(4, style=style) as s:
         time.sleep(0.01)
     st = c.statistics()
     print(c.available(), st.tokens_held, st.implicit_held, st.tasks_waiting)
-"""
+""")
 
 
 @pytest.mark.parametrize(
@@ -559,24 +549,14 @@ def test_a_raise_as_the_reader_thread_starts_leaves_one_reader(monkeypatch: pyte
 
 
 # -- the pure core's signal mask, first needed in the middle of a storm ------------
-MASK_LOAD = r"""
+MASK_LOAD = with_armed_handler(r"""
 import gc, signal, time, warnings
 import fastjob
 from fastjob import _io_py
 
 warnings.simplefilter("ignore", fastjob.TokenLeakWarning)
 
-
-class Boom(Exception):
-    pass
-
-
-armed = False
-
-
-def handler(signum, frame):
-    if armed:
-        raise Boom
+#: armed handler
 
 
 with fastjob.Server(3) as s:
@@ -600,7 +580,7 @@ with fastjob.Server(3) as s:
     gc.collect()
     st = c.statistics()
     print(fresh, loaded, calls > 100, s.available(), st.tokens_held)
-"""
+""")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal masks")

@@ -24,7 +24,7 @@ import pytest
 
 import fastjob
 
-from conftest import asyncio_loops, clean_env, run_on_loop
+from conftest import asyncio_loops, clean_env, run_on_loop, with_armed_handler
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX pools")
 
@@ -243,24 +243,14 @@ def test_a_fork_child_has_no_lone_waiter(server: fastjob.Server) -> None:
     _give_back(server, held)
 
 
-STORM = r"""
+STORM = with_armed_handler(r"""
 import signal, sys, threading, time, warnings
 import fastjob
 
 warnings.simplefilter("ignore", fastjob.TokenLeakWarning)
 style = sys.argv[1]
 
-
-class Boom(Exception):
-    pass
-
-
-armed = False
-
-
-def handler(signum, frame):
-    if armed:
-        raise Boom
+#: armed handler
 
 
 with fastjob.Server(3, style=style) as s:
@@ -298,7 +288,7 @@ with fastjob.Server(3, style=style) as s:
     gc.collect()
     st = c.statistics()
     print(s.available(), st.tokens_held, st.implicit_held, st.tasks_waiting, c._core.solo is None, waits > 50, raised > 10)
-"""
+""")
 
 
 @pytest.mark.parametrize("strategy,style", KINDS, ids=[f"{s or 'default'}-{st}" for s, st in KINDS])
