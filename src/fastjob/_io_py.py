@@ -434,12 +434,7 @@ class Token:
         if mode > WRITE_NOWAIT:
             old = block_signals()
             try:
-                try:
-                    del hold[0]
-                except IndexError:
-                    return
-                core._give_slow(self)
-                self.__class__ = Token
+                core._give_slow(self, hold)  # takes the record itself, at the write
             finally:
                 restore_signals(old)
             return
@@ -456,7 +451,10 @@ class Token:
                 _os_pwritev(core.wfd, _IOVS[b], -1, _RWF_NOWAIT_W)
             self.__class__ = Token  # released: no finalizer any more
         except BlockingIOError:
-            core._unrelease(self)  # still held: a later release() may succeed
+            # still held (inline: a call to a Python function here is a
+            # point where a handler may raise): a later release() may succeed
+            core._counts[b] += 1
+            hold.append(core)
             raise core.full_error() from None
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS) and mode == WRITE_NOWAIT:
@@ -772,41 +770,80 @@ class Core:
         tok._hold.append(self)
         self._counts[tok._byte] += 1
 
-    def _give_slow(self, tok: Token) -> None:
-        """Write tok's byte through the transport (FIFO, semaphore); tok's
-        record is taken already and signals are blocked."""
+    def _give_slow(self, tok: Token, hold: list[Any]) -> None:
+        """Write tok's byte through the transport (FIFO, semaphore) and take
+        its record (``hold``), with signals blocked.
+
+        Blocked signals are not enough: a signal sent to the process while
+        this thread blocks it goes to another thread, and CPython runs its
+        Python handler here at the next call's return.  So whether the byte
+        was written is never read from the exception flow: the write runs
+        inside one C call (``list.extend`` over a ``map``) that records its
+        result before control comes back, and a raise after it finds the
+        record.  (Judged by the exception, a handler raising right after the
+        write made the token held again: its byte then went back twice.)"""
         b = tok._byte
         t = self.transport
-        r = 0
+        if self.write_mode != WRITE_LOCKED:
+            self._give_py(tok, hold)
+            return
+        done: list[int] = []
+        with t._lock:
+            if t._wfd < 0:
+                t._reopen_writer()  # raises FifoError with the token still held
+            try:
+                del hold[0]
+            except IndexError:
+                return  # another thread released it just now
+            self._counts[b] -= 1
+            try:
+                done.extend(map(_os_write, (t._wfd,), (_BYTES[b],)))
+            except BaseException as exc:
+                if done:
+                    raise  # written: a handler raised after the write
+                # not written: held again first (a store and a C call), then
+                # sorted out
+                self._counts[b] += 1
+                hold.append(self)
+                if exc.__class__ is BlockingIOError:
+                    raise self.full_error() from None
+                if isinstance(exc, OSError):
+                    if exc.errno in _POOL_GONE:
+                        del hold[0]  # the pool is gone: the byte has nowhere to go
+                        self._counts[b] -= 1
+                        tok.__class__ = Token
+                    self.on_write_error(exc)
+                raise
+        tok.__class__ = Token
+
+    def _give_py(self, tok: Token, hold: list[Any]) -> None:
+        """_give_slow for a transport without a descriptor of ours (the
+        Windows semaphore, the pipe's shared end): its write is Python
+        code, so a handler that raises in it is judged by its type."""
         try:
-            written = False
-            if self.write_mode == WRITE_LOCKED:
-                with t._lock:
-                    fd = t._wfd
-                    if fd >= 0:
-                        r = try_write(fd, b)
-                        written = True
-            if not written:
-                t.write(b)  # the writer is being reopened, or no fd of our own
+            del hold[0]
+        except IndexError:
+            return
+        t = self.transport
+        try:
+            t.write(tok._byte)
         except OSError as exc:
             if exc.errno in _POOL_GONE:
                 self._lost(tok)  # the pool is gone: the byte has nowhere to go
             else:
-                tok._hold.append(self)  # not written (out of fds...): still held
+                hold.append(self)  # not written (out of fds...): still held
             self.on_write_error(exc)
             raise
         except Exception as exc:
-            # The transport's own error: a FIFO writer that cannot be reopened
-            # keeps the token held (release() again, or close(), writes it).
+            # The transport's own error (JobserverError): the token stays
+            # held (release() again, or close(), writes it).
             if getattr(exc, "pool_gone", False):
                 self._lost(tok)
             else:
-                tok._hold.append(self)
+                hold.append(self)
             raise
-        if r == AGAIN:
-            tok._hold.append(self)  # still held: a later release() may succeed
-            raise self.full_error()
         self._lost(tok)
+        tok.__class__ = Token
 
     def flush(self) -> None:
         """Give back a byte a signal handler left between a read and its
@@ -820,10 +857,10 @@ class Core:
     def _flush_inbox(self) -> None:
         """Give back a byte a signal handler left in the inbox."""
         inbox = self._inbox
-        if not inbox or _get_ident() != _main_ident or self.wfd < 0:
+        if not inbox or _get_ident() != _main_ident:
             return
         mode = self.write_mode
-        if mode == WRITE_LOCKED:
+        if mode == WRITE_LOCKED:  # (the FIFO: its writer is the transport's, not wfd)
             old = block_signals()
             try:
                 t = self.transport
@@ -832,12 +869,27 @@ class Core:
                     # in block_signals may have given it back already)
                     if t._wfd >= 0 and inbox:
                         b = self._inbox_byte(inbox[0])
+                        if b < 0:
+                            del inbox[0]
+                            return
+                        # (written inside one C call that records it, as in
+                        # _give_slow: a handler may raise right after it)
+                        done: list[int] = []
                         del inbox[0]
-                        if b >= 0 and try_write(t._wfd, b) == AGAIN:
-                            inbox.insert(0, _BYTES[b])  # full: kept for the next take()
+                        try:
+                            done.extend(map(_os_write, (t._wfd,), (_BYTES[b],)))
+                        except BlockingIOError:
+                            if not done:
+                                inbox.insert(0, _BYTES[b])  # full: kept for the next take()
+                        except BaseException:
+                            if not done:
+                                inbox.insert(0, _BYTES[b])
+                            raise
             finally:
                 restore_signals(old)
             return
+        if self.wfd < 0:
+            return  # no writer of ours: the next take() hands it out
         b = self._inbox_byte(inbox[0])  # (allocates nothing: no collector run)
         if b < 0:
             del inbox[0]
