@@ -689,8 +689,10 @@ class Client:
                         "already (called from a signal handler inside that wait?): it "
                         "would wait for itself"
                     )
+                # (flagged first: a handler can raise at add's return, see
+                # docs/guarantees.md; discarding what was not added is harmless)
+                added = True
                 waiting.add(me)
-                added = True  # (signals blocked: nothing runs in between)
                 if self._reader is None:
                     self._wake_pipe()  # before queueing: a failure here is one clean error
                 if tried and self._solo_ok:
@@ -715,7 +717,9 @@ class Client:
         except _ReentrantWait:
             raise  # (it never queued)
         except BaseException:
-            if not (solo and self._leave_solo(w)):
+            # (not judged by ``solo``: a handler can raise between
+            # _begin_solo's making w the lone waiter and that assignment)
+            if not self._leave_solo(w):
                 self._abandon(w)
             raise
         finally:
