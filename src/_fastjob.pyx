@@ -199,54 +199,99 @@ cdef fj_sigset_t _empty_mask
 fj_mask_clear(&_empty_mask)
 
 
+#: how deep the main thread is in block_signals() sections, and the mask
+#: the outermost one found (put back when the depth returns to 0)
+cdef int _sig_depth = 0
+cdef fj_sigset_t _outer_mask
+
+
 def _after_fork_child():
-    global _main_ident
+    global _main_ident, _sig_depth
     _main_ident = PyThread_get_thread_ident()
+    _sig_depth = 0  # (the forking thread's mask is the child's: not ours to restore)
 
 
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_after_fork_child)
 
 
-def block_signals():
-    """Block every signal in this thread if it is the main thread (the only
-    one whose Python handlers run); returns what restore_signals needs.
-
-    Python handlers of signals that arrived just before run here, with the
-    mask already set: one that raises is kept and raised by restore_signals,
-    after the critical section, so the caller's ``old = block_signals()``
-    always gets its value."""
-    cdef fj_sigset_t old
-    if PyThread_get_thread_ident() != _main_ident:
-        return None
-    if fj_block_all(&old) != 0:
-        return None  # Windows: no signal masks
-    cdef object saved
-    if fj_mask_empty(&old):
-        saved = True
-    else:
-        saved = PyBytes_FromStringAndSize(<char *>&old, sizeof(fj_sigset_t))
-    try:
-        PyErr_CheckSignals()
-    except BaseException as exc:
-        return (saved, exc)
-    return saved
-
-
-def restore_signals(old):
-    """Undo block_signals; a signal that came meanwhile is handled now."""
-    if old is None:
-        return
-    cdef object mask = old
+cdef int _handoff_whole(object handoff) except -1:
+    """Call the client's hand-off with signals blocked.  A handler whose
+    signal came before the block runs at the hand-off's first instruction
+    and may raise there, before any of it ran: then it is called again (the
+    handler has run; no new one can come in), so a freed slot is never left
+    with its waiters asleep.  The handler's exception is raised after."""
+    level = signal_level()
     cdef object exc = None
-    if type(old) is tuple:
-        mask, exc = old
-    if mask is True:
-        fj_set_mask(&_empty_mask)
-    else:
-        fj_set_mask(<const fj_sigset_t *>PyBytes_AS_STRING(mask))
+    try:
+        block_signals()
+    except BaseException as e:
+        exc = e
+    try:
+        try:
+            handoff()
+        except BaseException as e:
+            if exc is None:
+                exc = e
+            handoff()
+    finally:
+        restore_signals(level)
     if exc is not None:
         raise exc
+    return 0
+
+
+def signal_level():
+    """How deep this thread is in block_signals() sections (0 outside any;
+    always 0 off the main thread).  The protocol, which no raise can break::
+
+        level = signal_level()
+        try:
+            block_signals()
+            ...  # the critical section
+        finally:
+            restore_signals(level)
+
+    Nothing is handed from block to restore: a handler that raises at
+    block_signals' return (CPython runs it there when the signal went to
+    another thread) finds the section's ``finally`` already in force."""
+    if PyThread_get_thread_ident() != _main_ident:
+        return 0
+    return _sig_depth
+
+
+def block_signals():
+    """Block every signal in this thread if it is the main thread (the only
+    one whose Python handlers run), one level deeper.
+
+    Python handlers of signals that arrived just before run here, with the
+    mask already set; one that raises raises from here, before the section
+    (the caller's ``finally: restore_signals(level)`` undoes the block)."""
+    global _sig_depth
+    if PyThread_get_thread_ident() != _main_ident:
+        return None
+    if _sig_depth == 0:
+        if fj_block_all(&_outer_mask) != 0:
+            return None  # Windows: no signal masks
+    _sig_depth += 1
+    PyErr_CheckSignals()
+    return None
+
+
+def restore_signals(int level):
+    """Back to ``level`` (what signal_level() said before the section):
+    at 0 the mask the outermost section found is set again, and a signal
+    that came meanwhile is handled now."""
+    global _sig_depth
+    if PyThread_get_thread_ident() != _main_ident:
+        return None
+    if level < 0:
+        level = 0
+    if _sig_depth > level:
+        _sig_depth = level
+        if level == 0:
+            fj_set_mask(&_outer_mask)
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -696,7 +741,7 @@ cdef class Core:
                 return 0
             self.implicit_free = True
             if self.nwait or self.solo is not None:
-                self.handoff()  # the client passes it to the oldest waiter
+                _handoff_whole(self.handoff)  # the client passes it to the oldest waiter
             return 0
         if self.closed:
             return 0  # close() wrote it back already

@@ -30,13 +30,35 @@ def _mask() -> set[int]:
 def test_block_then_restore_puts_the_mask_back(start: set[int]) -> None:
     before = signal.pthread_sigmask(signal.SIG_SETMASK, start)
     try:
-        old = _io.block_signals()
-        inside = _mask()
-        _io.restore_signals(old)
+        level = _io.signal_level()
+        assert level == 0
+        try:
+            _io.block_signals()
+            inside = _mask()
+            assert _io.signal_level() == 1
+        finally:
+            _io.restore_signals(level)
         assert signal.SIGINT in inside and signal.SIGALRM in inside
         assert _mask() == start
+        assert _io.signal_level() == 0
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def test_nested_sections_unblock_at_the_outermost_end() -> None:
+    outer = _io.signal_level()
+    try:
+        _io.block_signals()
+        inner = _io.signal_level()
+        try:
+            _io.block_signals()
+            assert _io.signal_level() == 2
+        finally:
+            _io.restore_signals(inner)
+        assert signal.SIGINT in _mask(), "the inner end unblocked the outer section"
+    finally:
+        _io.restore_signals(outer)
+    assert _mask() == set()
 
 
 def test_a_signal_inside_runs_its_handler_at_restore() -> None:
@@ -50,25 +72,50 @@ def test_a_signal_inside_runs_its_handler_at_restore() -> None:
 
     previous = signal.signal(signal.SIGUSR1, handler)
     try:
-        old = _io.block_signals()
-        # to this thread (a process-directed signal may go to any thread
-        # that does not block it: pytest-timeout's has a Python thread)
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
-        ran.append("critical section")  # the handler has not run yet
+        level = _io.signal_level()
         with pytest.raises(Boom):
-            _io.restore_signals(old)
+            try:
+                _io.block_signals()
+                # to this thread (a process-directed signal may go to any
+                # thread that does not block it: pytest-timeout's has a
+                # Python thread)
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+                ran.append("critical section")  # the handler has not run yet
+            finally:
+                _io.restore_signals(level)
         assert ran == ["critical section", "handler"]
         assert signal.SIGUSR1 not in _mask()
     finally:
         signal.signal(signal.SIGUSR1, previous)
 
 
+def test_restore_to_a_level_mends_a_lost_depth() -> None:
+    """A section whose end never ran (its frame was torn down some other
+    way) does not leave the depth counted: the next outermost end puts the
+    mask back all the same."""
+    level = _io.signal_level()
+    _io.block_signals()
+    _io.block_signals()  # an inner section that never ends
+    try:
+        _io.block_signals()
+    finally:
+        _io.restore_signals(level)
+    assert _mask() == set() and _io.signal_level() == 0
+
+
 def test_other_threads_are_left_alone() -> None:
     out: list[object] = []
-    th = threading.Thread(target=lambda: out.append(_io.block_signals()))
+
+    def other() -> None:
+        level = _io.signal_level()
+        _io.block_signals()
+        out.append((level, _io.signal_level(), _mask()))
+        _io.restore_signals(level)
+
+    th = threading.Thread(target=other)
     th.start()
     th.join()
-    assert out == [None]  # only the main thread runs Python handlers
+    assert out == [(0, 0, set())]  # only the main thread runs Python handlers
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
@@ -116,3 +163,18 @@ server.close()
     for m in masks:
         # every signal Linux has up to SIGRTMAX (glibc keeps 32/33 for itself)
         assert int(m, 16) | 0x180000000 >= 0xFFFFFFFE7FFFFFFF, r.stdout
+
+
+@pytest.mark.skipif(_io.NATIVE, reason="pure: the native end runs no Python code, so none is skipped")
+def test_a_skipped_section_end_is_mended_at_the_next_start() -> None:
+    """Pure: a handler raising at restore_signals' first instruction skips
+    a section's end.  Once that section's frame is gone, the next section's
+    signal_level() puts the mask back."""
+
+    def section_whose_end_was_skipped() -> None:
+        _io.block_signals()  # (its restore_signals never ran)
+
+    section_whose_end_was_skipped()
+    assert signal.SIGINT in _mask()
+    assert _io.signal_level() == 0
+    assert _mask() == set()

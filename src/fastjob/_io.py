@@ -68,12 +68,16 @@ _impl._set_leak_warning(_TokenLeakWarning)
 # whichever core is in use (the native fast path needs no such help): the
 # native core's pair is two rt_sigprocmask calls; the pure one goes through
 # ctypes.
-if hasattr(_impl, "block_signals"):
+# ``level = signal_level(); try: block_signals(); ... finally:
+# restore_signals(level)``: see _fastjob.signal_level.
+if hasattr(_impl, "signal_level"):
+    signal_level = _impl.signal_level
     block_signals = _impl.block_signals
     restore_signals = _impl.restore_signals
-else:  # a native core built before it had them
+else:  # a native core built before it had them: the three of the pure core
     from ._io_py import block_signals as block_signals  # noqa: E402
     from ._io_py import restore_signals as restore_signals  # noqa: E402
+    from ._io_py import signal_level as signal_level  # noqa: E402
 
 
 if TYPE_CHECKING:

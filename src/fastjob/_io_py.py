@@ -252,78 +252,128 @@ def _libc_sigmask() -> Any:
 #: process that never waits: start-up time of the CLI)
 _UNSET: Any = object()
 _native_mask: Any = _UNSET
-_NOTHING: Any = None
-#: old-mask buffers free for reuse (main thread only; list pop/append are atomic)
-_mask_bufs: list[Any] = []
+#: how deep the main thread is in block_signals() sections
+_sig_depth = 0
+#: True from just before the outermost section's mask call until its depth
+#: is counted: a raise at the call's return leaves the mask set at depth 0
+_blocking = False
+#: the mask the outermost section found: a ctypes buffer (filled by the very
+#: call that blocks), or [set] on the path without ctypes
+_outer: Any = None
+#: the frame of the outermost section (see signal_level)
+_owner: Any = None
+_getframe = sys._getframe
 
 
 def _load_mask() -> Any:
-    # (Loaded with signals unblocked: a handler that raises inside the
-    # import of ctypes fails it, and the next block_signals tries again.
-    # Loading it with every signal blocked lets a storm from the start
-    # into the pure critical sections, and there a storm test then lost a
-    # token: see tests/test_core_defects.py, the xfail test of the mask.)
-    global _native_mask
-    _native_mask = _libc_sigmask() if hasattr(_signal, "pthread_sigmask") else None
+    """Load the libc mask call, every signal blocked meanwhile by the
+    stdlib's own call: importing ctypes runs Python code for milliseconds,
+    and a handler that raised in it (a storm from the start) failed the
+    import each time, so no critical section could ever be entered."""
+    global _native_mask, _outer
+    if not hasattr(_signal, "pthread_sigmask"):
+        _native_mask = None
+        return None
+    cur = _signal.pthread_sigmask(_signal.SIG_BLOCK, ())  # reads only: a raise after it changes nothing
+    try:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, _signal.valid_signals())
+        m = _libc_sigmask()
+        # (filled by each outermost section's own blocking call)
+        _outer = [cur] if m is None else m[2](256)
+        _native_mask = m
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, cur)
     return _native_mask
 
 
-def block_signals() -> Any:
-    """Block every signal in this thread if it is the main thread (the only
-    one whose Python handlers run); returns what restore_signals needs."""
+def signal_level() -> int:
+    """How deep this thread is in block_signals() sections (0 outside any;
+    always 0 off the main thread): see _fastjob.signal_level.
+
+    Pure: a handler that raises at restore_signals' first instruction
+    (before any of it runs: CPython checks there, and runs a handler whose
+    signal went to another thread) skips a section's end.  So a depth above
+    0 is believed only while the outermost section's frame still runs;
+    else the depth was left behind, and is mended here."""
     if _get_ident() != _main_ident:
-        return _NOTHING
+        return 0
+    d = _sig_depth
+    if d:
+        f: Any = _getframe(1)
+        owner = _owner
+        while f is not None and f is not owner:
+            f = f.f_back
+        if f is None:  # its section is over: its end was skipped
+            _mend()
+            return 0
+    return d
+
+
+def _mend() -> None:
+    global _sig_depth, _owner, _blocking
+    _sig_depth = 0
+    _owner = None
+    _blocking = False
     m = _native_mask
-    if m is _UNSET:
-        m = _load_mask()
     if m is None:
-        if not hasattr(_signal, "pthread_sigmask"):
-            return _NOTHING  # Windows: no signal masks
-        cur = _signal.pthread_sigmask(_signal.SIG_BLOCK, ())  # reads only
-        try:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, _signal.valid_signals())
-        except BaseException as exc:  # noqa: BLE001 - re-raised by restore_signals
-            # raised as the call returned: the mask is set (as above)
-            return ("py-deferred", cur, exc)
-        return ("py", cur)
-    fn, full, new_buf = m
-    # a buffer for the old mask: reused (restore_signals gives it back), as
-    # creating one costs more than the call itself
-    try:
-        old = _mask_bufs.pop()
-    except IndexError:
-        old = new_buf(256)
-    try:
-        fn(_signal.SIG_BLOCK, full, old)
-    except BaseException as exc:  # noqa: BLE001 - re-raised by restore_signals
-        # a handler of a signal that came just before ran (and raised) as
-        # the call returned: the mask is set; the critical section still
-        # runs whole and restore_signals raises this at its end
-        return ("deferred", old, exc)
-    return old
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, _outer[0])
+    elif m is not _UNSET:
+        m[0](_signal.SIG_SETMASK, _outer, None)
 
 
-def restore_signals(old: Any) -> None:
-    """Undo block_signals; a signal that came meanwhile is handled now."""
-    if old is None:
+def block_signals() -> None:
+    """Block every signal in this thread if it is the main thread (the only
+    one whose Python handlers run), one level deeper.  A handler that
+    raises here raises before the section, whose ``finally`` undoes this."""
+    global _sig_depth, _blocking, _owner
+    if _get_ident() != _main_ident:
         return
-    if type(old) is tuple:
-        if old[0] == "py":
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
-            return
-        if old[0] == "py-deferred":
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, old[1])
-            raise old[2]
-        _native_mask[0](_signal.SIG_SETMASK, old[1], None)
-        _mask_bufs.append(old[1])
-        raise old[2]
-    _native_mask[0](_signal.SIG_SETMASK, old, None)
-    _mask_bufs.append(old)
+    if _sig_depth == 0:
+        m = _native_mask
+        if m is _UNSET:
+            m = _load_mask()
+        if m is None:
+            if not hasattr(_signal, "pthread_sigmask"):
+                return  # Windows: no signal masks
+            cur = _signal.pthread_sigmask(_signal.SIG_BLOCK, ())  # reads only
+            _outer[0] = cur
+            _blocking = True
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, _signal.valid_signals())
+        else:
+            _blocking = True
+            m[0](_signal.SIG_BLOCK, m[1], _outer)  # blocks, and keeps the old mask
+        _owner = _getframe(1)
+    _sig_depth += 1
+    _blocking = False
+
+
+def restore_signals(level: int) -> None:
+    """Back to ``level`` (what signal_level() said before the section): at
+    0 the mask the outermost section found is set again, and a signal that
+    came meanwhile is handled now.  (Pure: a handler that raises at this
+    function's first instruction, before any of it runs, leaves the mask
+    set; the next outermost section's end puts it back.)"""
+    global _sig_depth, _blocking, _owner
+    if _get_ident() != _main_ident:
+        return
+    if _sig_depth > level or (level == 0 and _blocking):
+        _sig_depth = level
+        if level == 0:
+            _blocking = False
+            _owner = None
+            m = _native_mask
+            if m is None:
+                _signal.pthread_sigmask(_signal.SIG_SETMASK, _outer[0])
+            else:
+                m[0](_signal.SIG_SETMASK, _outer, None)
 
 
 def _after_fork() -> None:
-    global _main_ident
+    global _main_ident, _sig_depth, _blocking, _owner
     _main_ident = _threading.main_thread().ident
+    _sig_depth = 0  # (the forking thread's mask is the child's: not ours to restore)
+    _blocking = False
+    _owner = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -365,11 +415,12 @@ class Token:
     # made as a _HeldToken (the leak check's __del__); its release makes it
     # a plain Token again, so a released token's dealloc runs no Python code
     # (cheaper, and no signal handler can raise in a finalizer there).
-    __slots__ = ("_hold", "_byte", "_gen", "__weakref__")
+    __slots__ = ("_hold", "_byte", "_gen", "_watch", "__weakref__")
 
     _hold: list[Core]
     _byte: int
     _gen: int
+    _watch: _Watch | None
 
     def __init__(self) -> None:
         raise TypeError("Tokens come from a fastjob Client (acquire, try_acquire, ...)")
@@ -413,6 +464,7 @@ class Token:
             except IndexError:
                 pass
             self.__class__ = Token
+            core._unwatch(self)
             return  # before a fork, or written back by close() already
         mode = core.write_mode
         if b < 0:
@@ -420,23 +472,30 @@ class Token:
                 del hold[0]
             except IndexError:
                 return
-            core._impl_watch = None  # (no call since the del: the record and the watch go together)
             self.__class__ = Token
             if core.owns_implicit and not core._impl:
-                core._impl.append(1)
+                core._impl.append(1)  # free first: a raise below must not lose it
                 if core.nwait or core.solo is not None:
-                    core.handoff()  # the client passes it to the oldest waiter
-            if core._inbox:
-                core._flush_inbox()
+                    try:
+                        core.handoff()  # the client passes it to the oldest waiter
+                    except BaseException:
+                        # a handler raised at its start, before any of it
+                        # ran: once more (see _fastjob._handoff_whole)
+                        core.handoff()
+                        raise
+            core._unwatch(self)
+            if core._inbox or core._deaths:
+                core.flush()
             return
         if mode == WRITE_NOWAIT and _RWF_NOWAIT_W is None and not _writable(core.wfd):
             raise core.full_error()
         if mode > WRITE_NOWAIT:
-            old = block_signals()
+            level = signal_level()
             try:
+                block_signals()
                 core._give_slow(self, hold)  # takes the record itself, at the write
             finally:
-                restore_signals(old)
+                restore_signals(level)
             return
         data = _BYTES[b]
         try:
@@ -450,6 +509,8 @@ class Token:
             else:
                 _os_pwritev(core.wfd, _IOVS[b], -1, _RWF_NOWAIT_W)
             self.__class__ = Token  # released: no finalizer any more
+            core._watches.discard(self._watch)  # (inline: see Core._unwatch)
+            self._watch = None
         except BlockingIOError:
             # still held (inline: a call to a Python function here is a
             # point where a handler may raise): a later release() may succeed
@@ -464,8 +525,8 @@ class Token:
                 return
             core.on_write_error(exc)  # the pool is broken or gone: the byte cannot go back
             raise
-        if core._inbox:
-            core._flush_inbox()
+        if core._inbox or core._deaths:
+            core.flush()
 
     def __enter__(self) -> Token:
         return self
@@ -481,9 +542,8 @@ class Token:
 
 class _HeldToken(Token):
     """A Token as it is made: with the leak check.  (A handler that raises
-    at the very start of __del__, before any of its code runs, would lose a
-    dropped token; the implicit one has a second watch, see
-    Core._impl_watch; a pool token's byte is written back by close().)"""
+    at the very start of __del__, before any of its code runs, stops it:
+    the Token's second watch, a _Watch, gives its slot back then.)"""
 
     __slots__ = ()
 
@@ -495,8 +555,9 @@ class _HeldToken(Token):
             return  # dropped as it was made (a handler raised before its hold was set)
         # Release first (a warning turned into an error must not lose it),
         # with signals blocked: a handler must not raise before the give.
-        old = block_signals()
+        level = signal_level()
         try:
+            block_signals()
             core = self._hold[0]
             try:
                 self.release()
@@ -505,7 +566,7 @@ class _HeldToken(Token):
                     del self._hold[0]
                     core._lost(self)
         finally:
-            restore_signals(old)
+            restore_signals(level)
         kind = "implicit" if self._byte < 0 else f"byte={bytes((self._byte,))!r}"
         _warnings.warn(
             f"fastjob: <fastjob.Token {kind}> was garbage collected without release(); "
@@ -513,6 +574,22 @@ class _HeldToken(Token):
             _TokenLeakWarning,
             stacklevel=2,
         )
+
+
+class _Watch(_weakref_mod.ref):  # type: ignore[type-arg]
+    """The second watch on a held pure Token: a weak reference kept by its
+    Core (reachable, so the collector calls it back for a Token in a cycle
+    too), whose callback is a C call (the Core's ``_deaths.append``: no
+    Python code, so no signal handler, runs in it).  ``hold`` is the Token's
+    record (``_NOT_HELD`` until it holds one, empty once released), so
+    Core._reap finds a Token that died still holding its slot.  Released,
+    a Token drops its watch, which then reports nothing."""
+
+    __slots__ = ("hold", "byte", "gen")
+
+    hold: list[Any]
+    byte: int
+    gen: int
 
 
 _new_token = object.__new__
@@ -567,14 +644,14 @@ class Core:
         self.write_mode = write_mode
         self.owns_implicit = owns_implicit
         self._impl: list[int] = [1] if owns_implicit else []
-        # The implicit token's second watch: (weak reference to its Token,
-        # the Token's hold list).  Its callback (a C call: no Python code, so
-        # no signal handler, runs in it) reports the Token's death, even when
-        # its __del__ could not run; take_implicit() and flush() then free a
-        # slot whose holder died with its record still in place.
-        self._impl_watch: tuple[Any, list[Any]] | None = None
-        self._impl_deaths: list[Any] = []
-        self._impl_died = self._impl_deaths.append
+        # Each held Token's second watch (see _Watch): kept here, and
+        # reported to _deaths when its Token dies; _reap gives back the slot
+        # of one that died still holding it.
+        self._watches: set[_Watch] = set()
+        self._deaths: list[_Watch] = []
+        self._died = self._deaths.append
+        self._reap_lock = _threading.RLock()
+        self._reaping = False
         self.gen = gen
         self.slow = slow
         self.handoff = handoff
@@ -646,14 +723,20 @@ class Core:
         # Allocated first: an allocation may run the garbage collector, and
         # a dropped Token's __del__ there may give back the inbox's byte
         # (_flush_inbox); after the look at the inbox nothing allocates.
+        if self._deaths:
+            self._reap()
         tok: Token = _new_token(_HeldToken)
         hold = [self]
         tok._hold = _NOT_HELD
+        watch = _Watch(tok, self._died)
+        watch.hold = _NOT_HELD
+        tok._watch = watch
         if not inbox:
             try:
                 inbox.extend(map(*self._read_args))
             except BlockingIOError:
                 tok.__class__ = Token  # never held: no finalizer to run
+                tok._watch = None  # (freed before tok: it reports nothing)
                 return None
         data = inbox[0]
         if type(data) is int:
@@ -664,19 +747,22 @@ class Core:
             del inbox[0]
             raise self.transport.closed_error()
         tok._byte = b
-        tok._gen = self.gen
+        tok._gen = watch.gen = self.gen
+        watch.byte = b
         tok._hold = hold
+        watch.hold = hold  # (no call since the last: the record and its watch go together)
         self._counts[b] += 1
         self.acquired += 1
         del inbox[0]  # the byte is the token's now (no call in between)
+        self._watches.add(watch)  # (a raise before it: refcount deaths still report)
         return tok
 
     def take_implicit(self) -> Token | None:
         """The implicit token if it is free, else None (ignores the queue)."""
         if self.closed:
             return None
-        if self._impl_deaths:
-            self._implicit_orphaned()
+        if self._deaths:
+            self._reap()
         if not self._impl:
             return None
         # A plain Token until it holds the slot: dropped before (a handler
@@ -686,35 +772,85 @@ class Core:
         tok._byte = -1
         tok._gen = self.gen
         hold = [self]
-        watch: tuple[Any, list[Any]] | None = (_weakref(tok, self._impl_died), hold)
+        watch = _Watch(tok, self._died)
+        watch.hold = _NOT_HELD
+        watch.byte = -1
+        watch.gen = self.gen
+        tok._watch = watch
         try:
             del self._impl[0]  # atomic: the implicit token goes out once
         except IndexError:
-            watch = None  # (before tok goes: no death to report)
+            tok._watch = None  # (freed before tok: it reports nothing)
             return None
         tok._hold = hold  # (no call since the del)
+        watch.hold = hold
         tok.__class__ = _HeldToken  # (a store: no Python code runs)
-        self._impl_watch = watch
         self.acquired += 1
+        self._watches.add(watch)  # (a raise before it: refcount deaths still report)
         return tok
 
-    def _implicit_orphaned(self) -> None:
-        """A Token of the implicit slot died: if it still held the slot (a
-        handler raised at the start of its __del__), the slot is free."""
-        reported = self._impl_deaths
-        n = len(reported)
-        deaths = reported[:n]
-        del reported[:n]  # (in place: the callback appends to this very list)
-        watch = self._impl_watch
-        if watch is None or all(ref is not watch[0] for ref in deaths):
-            return
-        try:
-            del watch[1][0]  # its record: taken once, here or by a release
-        except IndexError:
-            return
-        self._impl_watch = None
-        if self.owns_implicit and not self._impl:
-            self._impl.append(1)
+    def _unwatch(self, tok: Token) -> None:
+        """tok gave its slot back: its watch goes (and reports nothing)."""
+        # (no local for the watch: a frame's locals go in order, and a
+        # Token dying first would find its watch alive, and be reported)
+        self._watches.discard(tok._watch)
+        tok._watch = None
+
+    def _reap(self) -> None:
+        """Give back the slot of each Token that died still holding it: a
+        handler raised at the start of its __del__, before any of its code
+        ran.  A raise anywhere in here leaves the rest for the next call."""
+        freed_implicit = False
+        back = 0
+        with self._reap_lock:
+            if self._reaping:
+                return  # (a handler's call inside this very reap, on this thread)
+            self._reaping = True
+            try:
+                reported = self._deaths
+                n = len(reported)
+                for i in range(n):
+                    w = reported[i]
+                    hold = w.hold
+                    if hold and w.gen == self.gen and not self.closed:
+                        b = w.byte
+                        if b < 0:
+                            freed_implicit = True
+                        try:
+                            del hold[0]  # its record: taken once, here or by a release
+                        except IndexError:
+                            pass
+                        else:
+                            # (no call since the del but the last, whose
+                            # effect is done before a handler can run)
+                            if b < 0:
+                                if self.owns_implicit and not self._impl:
+                                    self._impl.append(1)
+                            else:
+                                self._counts[b] -= 1
+                                self._inbox.append(_BYTES[b])  # written back just below
+                            back += 1
+                    try:
+                        self._watches.discard(w)
+                    except TypeError:
+                        pass  # its hash never taken (never added): dead, it has none
+                del reported[:n]
+            finally:
+                self._reaping = False
+        if self._inbox:
+            self._flush_inbox()
+        if freed_implicit and (self.nwait or self.solo is not None):
+            self.handoff()
+        for _ in range(back):
+            try:
+                _warnings.warn(
+                    "fastjob: a Token was garbage collected without release(), and a "
+                    "signal handler raised in its finalizer; it has been returned to the pool",
+                    _TokenLeakWarning,
+                    stacklevel=3,
+                )
+            except Exception:  # noqa: BLE001 - warnings as errors: not this caller's error
+                pass
 
     def solo_wait(self, w: Any, excl: Any, wake_fd: int, timeout: float | None) -> Token | int:
         """The lone waiter's wait (see _fastjob.Core.solo_wait): the read and
@@ -728,8 +864,9 @@ class Core:
             r = wait_readable(self.rfd, wake_fd, left) if excl is None else excl.wait(left)
             if r != 1:
                 return int(r)
-            old = block_signals()
+            level = signal_level()
             try:
+                block_signals()
                 with self._solo_lock:
                     if self.solo is not w:
                         return 1
@@ -738,7 +875,7 @@ class Core:
                         self.solo = None
                         return tok
             finally:
-                restore_signals(old)
+                restore_signals(level)
             # another process read it first: wait again
 
     def solo_claim(self) -> Any:
@@ -758,12 +895,17 @@ class Core:
     def adopt(self, byte: int) -> Token:
         """A held Token for a byte read by someone else (the reader thread)."""
         tok: Token = _new_token(_HeldToken)
-        tok._hold = [self]
-        tok._byte = byte
-        tok._gen = self.gen
+        tok._hold = _NOT_HELD
+        hold = [self]
+        watch = _Watch(tok, self._died)
+        watch.byte = tok._byte = byte
+        watch.gen = tok._gen = self.gen
+        tok._watch = watch
+        tok._hold = watch.hold = hold
         if byte >= 0:
             self._counts[byte] += 1
         self.acquired += 1
+        self._watches.add(watch)
         return tok
 
     def _unrelease(self, tok: Token) -> None:
@@ -815,6 +957,7 @@ class Core:
                     self.on_write_error(exc)
                 raise
         tok.__class__ = Token
+        self._unwatch(tok)
 
     def _give_py(self, tok: Token, hold: list[Any]) -> None:
         """_give_slow for a transport without a descriptor of ours (the
@@ -844,15 +987,16 @@ class Core:
             raise
         self._lost(tok)
         tok.__class__ = Token
+        self._unwatch(tok)
 
     def flush(self) -> None:
         """Give back a byte a signal handler left between a read and its
-        token (the native core never leaves one), and free the implicit
-        slot of a Token that died holding it."""
+        token (the native core never leaves one), and the slot of a Token
+        that died holding it (_reap)."""
         if self._inbox:
             self._flush_inbox()
-        if self._impl_deaths:
-            self._implicit_orphaned()
+        if self._deaths:
+            self._reap()
 
     def _flush_inbox(self) -> None:
         """Give back a byte a signal handler left in the inbox."""
@@ -861,8 +1005,9 @@ class Core:
             return
         mode = self.write_mode
         if mode == WRITE_LOCKED:  # (the FIFO: its writer is the transport's, not wfd)
-            old = block_signals()
+            level = signal_level()
             try:
+                block_signals()
                 t = self.transport
                 with t._lock:
                     # (looked at only now: a finalizer run by the collector
@@ -886,7 +1031,7 @@ class Core:
                                 inbox.insert(0, _BYTES[b])
                             raise
             finally:
-                restore_signals(old)
+                restore_signals(level)
             return
         if self.wfd < 0:
             return  # no writer of ours: the next take() hands it out
@@ -931,6 +1076,7 @@ class Core:
                 out.append(data[0])
         self._inbox.clear()
         self._counts = [0] * 256
+        self._watches.clear()  # (their Tokens' records are forgotten here too)
         return out
 
     def after_fork(self, gen: int) -> None:
@@ -939,9 +1085,10 @@ class Core:
         self.gen = gen
         self.owns_implicit = False
         self._impl.clear()
-        self._impl_watch = None
-        self._impl_deaths = []  # (a new list: the parent's Tokens report to the old one)
-        self._impl_died = self._impl_deaths.append
+        self._deaths = []  # (a new list: the parent's Tokens report to the old one)
+        self._died = self._deaths.append
+        self._reap_lock = _threading.RLock()
+        self._reaping = False
         self.nwait = 0
         self.solo = None
         # re-entrant: a finalizer the collector runs inside a take may hand off

@@ -266,14 +266,15 @@ class AioFdWatch:
         # record with no registration, its waiters asleep for good, or an
         # exclusive registration not marked as one, whose leave would skip
         # the hand-on.)
-        old = _io.block_signals()
+        level = _io.signal_level()
         try:
+            _io.block_signals()
             loop.add_reader(fd, cls._ready, k)
             cls.waiting[k] = [client]
             if _EXCLUSIVE and _make_exclusive(loop, fd):
                 cls.exclusive.add(k)
         finally:
-            _io.restore_signals(old)
+            _io.restore_signals(level)
 
     @classmethod
     def leave(cls, loop: Any, fd: int, client: QueueOwner) -> None:
@@ -292,15 +293,16 @@ class AioFdWatch:
         # Signals blocked: the record, the registration and its hand-on go
         # together.  (A record left with no client would make the callback
         # find nobody to read for while a byte sits in the pipe: a spin.)
-        old = _io.block_signals()
+        level = _io.signal_level()
         try:
+            _io.block_signals()
             del cls.waiting[k]
             loop.remove_reader(fd)  # first: a byte handed back must not wake this loop
             if k in cls.exclusive:
                 cls.exclusive.discard(k)
                 cls._hand_on(client, fd)
         finally:
-            _io.restore_signals(old)
+            _io.restore_signals(level)
 
     @staticmethod
     def _hand_on(client: QueueOwner, fd: int) -> None:

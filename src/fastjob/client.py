@@ -64,6 +64,7 @@ _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 # Which live client of this process owns the implicit token of a pool.
 _implicit_claims: dict[object, weakref.ref[Client]] = {}
 _claims_lock = threading.Lock()
+_signal_level = _io.signal_level
 _block_signals = _io.block_signals
 _restore_signals = _io.restore_signals
 
@@ -272,8 +273,9 @@ class Client:
         """Up to ``n`` slots that are free right now (the implicit one counts
         as one), without waiting: possibly none (an empty TokenSet)."""
         n = self._check_weight(n, "n", limit=False)
-        old = _block_signals()
+        level = _signal_level()
         try:
+            _block_signals()
             with self._lock:
                 self._check_open()
                 got: list[Token] = []
@@ -281,7 +283,7 @@ class Client:
                     self._top_up(got, n)
                 ts = TokenSet(got)
         finally:
-            _restore_signals(old)
+            _restore_signals(level)
         return ts
 
     def _top_up(self, got: list[Token], n: int) -> None:
@@ -479,9 +481,12 @@ class Client:
         return True, w
 
     def _place(self, tok: Token) -> None:
-        """A token nobody holds: to the oldest waiter, else back to the pool."""
+        """A token nobody holds: to the oldest waiter, else back to the pool
+        (then it only passed through: not counted as acquired)."""
         with self._lock:
             taken, w = self._deliver(tok)
+            if not taken:
+                self._core.acquired -= 1
         self._hand_over(tok, taken, w)
 
     def _hand_over(self, tok: Token, taken: bool, w: Waiter | None) -> None:
@@ -494,8 +499,9 @@ class Client:
 
     def _pump(self) -> bool:
         """Read one token for the queue; False when the pool had none."""
-        old = _block_signals()
+        level = _signal_level()
         try:
+            _block_signals()
             with self._lock:
                 if self._closed:
                     return False  # its fd is closed (its number maybe reused): never read it
@@ -505,10 +511,12 @@ class Client:
                 if tok is None:
                     return False
                 taken, w = self._deliver(tok)
+                if not taken:
+                    self._core.acquired -= 1  # only passed through
             self._hand_over(tok, taken, w)
             return True
         finally:
-            _restore_signals(old)
+            _restore_signals(level)
 
     def _hand_on_wake(self) -> None:
         """Hand-on rule for a wait registration that goes (AioFdWatch): the
@@ -516,8 +524,9 @@ class Client:
         read it and give it to the oldest waiter, else straight back (its
         write wakes the next waiting process).  A byte that only passes
         through is not counted as acquired."""
-        old = _block_signals()
+        level = _signal_level()
         try:
+            _block_signals()
             with self._lock:
                 if self._closed or self._dead is not None:
                     return  # closed: its fd number may be reused; dead: nothing to pass on
@@ -529,12 +538,13 @@ class Client:
                     self._core.acquired -= 1
             self._hand_over(tok, taken, w)
         finally:
-            _restore_signals(old)
+            _restore_signals(level)
 
     def _implicit_freed(self) -> None:
         """The core freed the implicit token while waiters queue: hand it on."""
-        old = _block_signals()
+        level = _signal_level()
         try:
+            _block_signals()
             with self._lock:
                 if not self._nwait and self._core.solo is None:
                     return
@@ -544,12 +554,13 @@ class Client:
                 taken, w = self._deliver(tok)
             self._hand_over(tok, taken, w)
         finally:
-            _restore_signals(old)
+            _restore_signals(level)
 
     def _abandon(self, w: Waiter) -> None:
         """w gave up (cancelled, timed out, failed): its slots go on."""
-        old = _block_signals()
+        level = _signal_level()
         try:
+            _block_signals()
             wake: list[Waiter] = []
             back: list[Token] = []
             with self._lock:
@@ -577,7 +588,7 @@ class Client:
             for x in wake:
                 self._wake_waiter(x)
         finally:
-            _restore_signals(old)
+            _restore_signals(level)
 
     def _hand_on(self, back: list[Token], wake: list[Waiter]) -> None:
         """Hand-on rule, for a thread that leaves its exclusive wait (caller
@@ -603,8 +614,9 @@ class Client:
         is in the queue, and _abandon is for it).  Hand-on rule as in
         _abandon (the pure twin runs Python code between the wake and the
         read, where a signal handler may raise)."""
-        old = _block_signals()
+        level = _signal_level()
         try:
+            _block_signals()
             back: list[Token] = []
             wake: list[Waiter] = []
             with self._lock:
@@ -620,7 +632,7 @@ class Client:
                 self._wake_waiter(x)
             return True
         finally:
-            _restore_signals(old)
+            _restore_signals(level)
 
     def _fail(self, error: JobserverError) -> None:
         """The pool is dead: every waiter, present and future, gets error."""
@@ -678,8 +690,9 @@ class Client:
         waiting = self._waiting_threads
         added = False
         try:
-            old = _block_signals()
+            level = _signal_level()
             try:
+                _block_signals()
                 if me in waiting:
                     # this thread waits already (this call comes from a signal
                     # handler, or a finalizer, inside that wait): it would wait
@@ -704,7 +717,7 @@ class Client:
                 if fail_now:
                     raise TimeoutError("the jobserver slots are not free now (timeout=0)")
             finally:
-                _restore_signals(old)
+                _restore_signals(level)
             if solo:
                 tok = self._wait_solo(w, deadline)
                 if tok is not None:
@@ -949,13 +962,14 @@ class Client:
                 await trio.lowlevel.checkpoint_if_cancelled()
             got = await self._wait_async(need)
         if len(got) < up_to:
-            old = _block_signals()
+            level = _signal_level()
             try:
+                _block_signals()
                 with self._lock:
                     if not self._queued() and not self._closed:
                         self._top_up(got, up_to)
             finally:
-                _restore_signals(old)
+                _restore_signals(level)
         return TokenSet(got)
 
     def token(self) -> _io.TokenContext:
@@ -994,11 +1008,12 @@ class Client:
         # (or whoever frees a slot in this process) serves the queue.  (Inline,
         # not a coroutine of its own: one frame less per waiting task.)
         try:
-            old = _block_signals()
+            level = _signal_level()
             try:
+                _block_signals()
                 done = self._register(w, tried)
             finally:
-                _restore_signals(old)
+                _restore_signals(level)
             if done:
                 return w.got
             fd = self._t.read_fd
@@ -1039,11 +1054,12 @@ class Client:
             w.event = anyio.Event()
         w.state = st
         try:
-            old = _block_signals()
+            level = _signal_level()
             try:
+                _block_signals()
                 done = self._register(w)
             finally:
-                _restore_signals(old)
+                _restore_signals(level)
             if done:
                 if not aio:
                     import trio
@@ -1152,12 +1168,13 @@ class Client:
         """Record a byte a signal left unrecorded and drop vanished waiters,
         so that the core's counts are exact."""
         self._core.flush()
-        old = _block_signals()
+        level = _signal_level()
         try:
+            _block_signals()
             with self._lock:
                 self._sweep()
         finally:
-            _restore_signals(old)
+            _restore_signals(level)
 
     def _pool_tokens_held(self) -> int:
         """Pool tokens (not the implicit one) this client holds now."""
@@ -1203,8 +1220,9 @@ class Client:
             # First: a token the reader thread has read but not yet handed
             # on is placed (or written back) by it, not counted as leaked.
             self._reader.stop()
-        old = _block_signals()
+        level = _signal_level()
         try:
+            _block_signals()
             with self._lock:
                 if self._closed:
                     return 0
@@ -1233,7 +1251,7 @@ class Client:
             _live_clients.discard(self)
             return len(held)
         finally:
-            _restore_signals(old)
+            _restore_signals(level)
 
     def __del__(self) -> None:
         if self._closed:
@@ -1357,10 +1375,11 @@ class _Reader:
             kick = self._pipe()
             if self._thread is None:
                 th = threading.Thread(target=self._run, name="fastjob-reader", daemon=True)
-                old = _block_signals()  # a handler raising inside start() breaks threading
+                level = _signal_level()  # a handler raising inside start() breaks threading
                 try:
-                    # Recorded before it starts: a handler's raise deferred to
-                    # the restore below once skipped this, and the next kick
+                    _block_signals()
+                    # Recorded before it starts: a handler's raise at the end
+                    # of the block once skipped this, and the next kick
                     # started a second reader (two blocking reads of the pool).
                     self._thread = th
                     th.start()
@@ -1368,7 +1387,7 @@ class _Reader:
                     self._thread = None  # it did not start
                     raise
                 finally:
-                    _restore_signals(old)
+                    _restore_signals(level)
         try:
             os.write(kick[1], b"k")
         except OSError:

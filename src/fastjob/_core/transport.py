@@ -395,6 +395,8 @@ class FifoTransport(Transport):
 
     def try_read(self) -> int:
         if self._pending:
+            # (the caller records it: a raise at this return loses nothing
+            # more than any read's return would)
             try:
                 return self._pending.pop()
             except IndexError:
@@ -429,8 +431,17 @@ class FifoTransport(Transport):
             os.close(fd)
         else:
             self._wfd = fd
-        while self._pending:
-            _io.write(self._wfd, self._pending.pop())
+        pending = self._pending
+        while pending:
+            # Written in one C call that records it, and only then taken off
+            # the list: a signal handler raising between a pop and its write
+            # (or a write and its pop) would lose (or double) the byte.
+            done: list[int] = []
+            try:
+                done.extend(map(os.write, (self._wfd,), (bytes(pending[-1:]),)))
+            finally:
+                if done and pending:
+                    del pending[-1]
 
     def _check_writers(self, *, at_open: bool = False) -> None:
         """With our own writer closed, a non-blocking read returns EOF iff no
@@ -447,15 +458,23 @@ class FifoTransport(Transport):
                     ) from None
                 return  # out of fds: keep the writer, check next time
             r = AGAIN
+            # The byte lands in ``got`` inside the read's own C call: a
+            # signal handler that raises as the read returns (before an
+            # assignment) would lose it.  (EOF: an empty read; AGAIN: none.)
+            got: list[bytes] = []
             try:
                 if self._wfd >= 0:
                     os.close(self._wfd)
                     self._wfd = -1
-                r = _io.try_read(self._rfd)
+                try:
+                    got.extend(map(os.read, (self._rfd,), (1,)))
+                except BlockingIOError:
+                    pass
+                r = (got[0][0] if got[0] else _io.EOF) if got else AGAIN
             finally:
+                if got and got[0]:
+                    self._pending.append(got[0][0])  # not ours to keep: put it straight back
                 os.close(spare)  # two free slots now (ours and the writer's)
-                if r >= 0:
-                    self._pending.append(r)  # not ours to keep: put it straight back
                 try:
                     self._reopen_writer()
                 except (OSError, JobserverError):
