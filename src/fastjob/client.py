@@ -364,21 +364,37 @@ class Client:
         self._count()
         return ref
 
-    def _sweep(self, full: bool = True) -> None:
+    def _sweep(self, full: bool = True, scan: bool = False) -> None:
         """Drop waiters whose owner vanished (caller holds the lock) and
         pass on what they had gathered.  O(waiters that died since the last
         sweep), not O(waiters): each waiter's weak reference reports its
-        death in ``_died``.  (``full`` is kept for callers; both are the same.)"""
+        death in ``_died``.  (``full`` is kept for callers; both are the same.)
+        ``scan`` also looks at every gathering waiter (statistics, close):
+        O(waiters)."""
         self._prune()
         dead = self._died
         while dead:
-            ref = dead.pop()
+            # Taken off the list only once handled: a signal handler raising
+            # at a pop's return lost the waiter's death, and its gathered
+            # tokens stayed in _gathered, counted held, for good.  (By
+            # identity: a weak reference's callback may append meanwhile.)
+            ref = dead[-1]
             try:
                 self._pending.discard(ref)
                 self._resuming.discard(ref)
                 self._orphans += self._gathered.pop(ref, ())
             except TypeError:
                 pass  # never hashed while alive: it was never queued
+            try:
+                dead.remove(ref)
+            except ValueError:
+                pass
+        if scan:
+            # and a death lost some other way: a dead waiter's entry left
+            for ref in [r for r in self._gathered if r() is None]:
+                self._pending.discard(ref)
+                self._resuming.discard(ref)
+                self._orphans += self._gathered.pop(ref, ())
         self._count()
         if self._orphans:
             orphans, self._orphans = self._orphans, []
@@ -1172,7 +1188,7 @@ class Client:
         try:
             _block_signals()
             with self._lock:
-                self._sweep()
+                self._sweep(scan=True)
         finally:
             _restore_signals(level)
 
