@@ -131,7 +131,10 @@ class LoopState:
             sq.popleft()
 
     def first(self, skip: Waiter | None = None) -> Waiter | None:
-        for ref in self.queue:
+        # A copy (made in one C call, the GIL held): callers look without
+        # the client's lock, while the reader thread's hand-off may prune
+        # this queue ("deque mutated during iteration", trio + thread).
+        for ref in tuple(self.queue):
             w = ref()
             if w is not None and not w.gone and w is not skip:
                 return w
