@@ -175,6 +175,19 @@ def assert_exact(s: fastjob.Server, c: fastjob.Client, held: int = 0) -> None:
     assert (s.available(), st.tokens_held - 1) == (2 - held, held), "a token lost or doubled"
 
 
+def token_back_exact(s: fastjob.Server, c: fastjob.Client) -> Callable[[Any, bool], None]:
+    """The check of an op that returns a Token: it raised or gave one;
+    that one released, the pool is exact."""
+
+    def check(result: Any, raised: bool) -> None:
+        assert raised or result is not None
+        if result is not None:
+            result.release()
+        assert_exact(s, c)
+
+    return check
+
+
 @needs_opcode_tracing
 def test_release_of_a_pool_token(pool: tuple[fastjob.Server, fastjob.Client]) -> None:
     s, c = pool
@@ -204,13 +217,7 @@ def test_release_of_a_pool_token(pool: tuple[fastjob.Server, fastjob.Client]) ->
 def test_try_acquire_of_a_pool_token(pool: tuple[fastjob.Server, fastjob.Client]) -> None:
     s, c = pool
 
-    def check(result: Any, raised: bool) -> None:
-        assert raised or result is not None
-        if result is not None:
-            result.release()
-        assert_exact(s, c)
-
-    passed = every_check_point(c.try_acquire, check)
+    passed = every_check_point(c.try_acquire, token_back_exact(s, c))
     assert passed > 0 if PURE else passed == 0, "native: try_acquire runs no Python code"
 
 
@@ -218,13 +225,7 @@ def test_try_acquire_of_a_pool_token(pool: tuple[fastjob.Server, fastjob.Client]
 def test_acquire_blocking_with_a_token_free(pool: tuple[fastjob.Server, fastjob.Client]) -> None:
     s, c = pool
 
-    def check(result: Any, raised: bool) -> None:
-        assert raised or result is not None
-        if result is not None:
-            result.release()
-        assert_exact(s, c)
-
-    assert every_check_point(lambda: c.acquire_blocking(timeout=5), check) > 0
+    assert every_check_point(lambda: c.acquire_blocking(timeout=5), token_back_exact(s, c)) > 0
 
 
 @needs_opcode_tracing
