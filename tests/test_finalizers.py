@@ -22,6 +22,7 @@ import pytest
 
 import fastjob
 
+from conftest import backend_with_uvloop as anyio_backend  # noqa: F401 - asyncio, uvloop, trio
 from conftest import clean_env
 
 pure_only = pytest.mark.skipif(fastjob.NATIVE, reason="the pure core's inbox and finalizer")
@@ -203,3 +204,149 @@ def test_a_released_token_is_a_plain_token() -> None:
             t.release()
             assert isinstance(t, fastjob.Token) and t.released
             t.release()  # idempotent
+
+
+def _kill_with_raising_finalizer(tok: Any) -> None:
+    """Drop tok (the last reference) as if a signal handler raised at its
+    finalizer's first instruction."""
+    import weakref
+
+    held_cls, boom = _raising_finalizer()
+    hook, fin = sys.unraisablehook, held_cls.__del__
+    sys.unraisablehook = lambda unraisable: None
+    held_cls.__del__ = boom
+    try:
+        ref = weakref.ref(tok)
+        del tok
+    finally:
+        held_cls.__del__ = fin
+        sys.unraisablehook = hook
+    assert ref() is None, "the caller still holds the token"
+
+
+@pure_only
+@pytest.mark.anyio
+@pytest.mark.filterwarnings("ignore::fastjob.TokenLeakWarning")
+@pytest.mark.parametrize("which", ["byte", "implicit"])
+@pytest.mark.parametrize("style", ["pipe", "fifo"])
+async def test_a_queued_task_is_served_the_slot_of_a_token_whose_finalizer_raised(
+    style: str, which: str
+) -> None:
+    """Nothing calls into the client after the death: the waiter asleep on
+    the pool is served anyway (the reaper thread gives the slot back)."""
+    import anyio
+
+    with fastjob.Server(2, style=style) as s:
+        c = s.client
+        held = {"implicit": c.try_acquire(), "byte": c.try_acquire()}
+        got: list[Any] = []
+
+        async def wait() -> None:
+            got.append(await c.acquire())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            with anyio.fail_after(5):
+                while c.statistics().tasks_waiting != 1:
+                    await anyio.sleep(0.005)
+            _kill_with_raising_finalizer(held.pop(which))
+            with anyio.fail_after(5):
+                while not got:
+                    await anyio.sleep(0.005)
+        assert got[0].implicit == (which == "implicit")
+        got[0].release()
+        for t in held.values():
+            assert t is not None
+            t.release()
+        st = c.statistics()
+        assert (s.available(), st.tokens_held, st.implicit_held) == (1, 0, False)
+
+
+@pure_only
+@pytest.mark.filterwarnings("ignore::fastjob.TokenLeakWarning")
+@pytest.mark.parametrize("which", ["byte", "implicit"])
+@pytest.mark.parametrize("style", ["pipe", "fifo"])
+def test_a_blocked_thread_is_served_the_slot_of_a_token_whose_finalizer_raised(
+    style: str, which: str
+) -> None:
+    import threading
+
+    with fastjob.Server(2, style=style) as s:
+        c = s.client
+        held = {"implicit": c.try_acquire(), "byte": c.try_acquire()}
+        got: list[Any] = []
+        th = threading.Thread(target=lambda: got.append(c.acquire_blocking(timeout=10)))
+        th.start()
+        while c.statistics().tasks_waiting != 1 and th.is_alive():
+            th.join(0.005)
+        _kill_with_raising_finalizer(held.pop(which))
+        th.join(5)
+        assert got and got[0].implicit == (which == "implicit")
+        got[0].release()
+        for t in held.values():
+            assert t is not None
+            t.release()
+        assert (s.available(), c.statistics().tokens_held) == (1, 0)
+
+
+@pure_only
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_has_a_reaper_of_its_own() -> None:
+    code = textwrap.dedent(
+        """
+        import os, sys, threading, warnings
+        import fastjob
+        sys.path.insert(0, sys.argv[1])
+        from test_finalizers import _kill_with_raising_finalizer
+        warnings.simplefilter("ignore", fastjob.TokenLeakWarning)
+        with fastjob.Server(2) as s:
+            pass  # the parent's reaper runs now
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                with fastjob.Server(2) as s:
+                    c = s.client
+                    implicit, toks = c.try_acquire(), [c.try_acquire()]
+                    got = []
+                    th = threading.Thread(target=lambda: got.append(c.acquire_blocking(timeout=10)))
+                    th.start()
+                    while c.statistics().tasks_waiting != 1 and th.is_alive():
+                        th.join(0.005)
+                    _kill_with_raising_finalizer(toks.pop())
+                    th.join(5)
+                    ok = bool(got) and not got[0].implicit
+                    for t in got + [implicit]:
+                        t.release()
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", code, here], env=clean_env(), capture_output=True, text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0"], out.stderr
+
+
+@pure_only
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux /proc")
+def test_the_reaper_thread_blocks_every_signal() -> None:
+    """A signal the kernel gave the reaper would have the main thread run
+    its handler inside a critical section (whose mask is the main thread's
+    only): the reaper takes none."""
+    import threading
+
+    with fastjob.Server(2):
+        reaper = [t for t in threading.enumerate() if t.name == "fastjob-reaper"]
+        assert len(reaper) == 1 and reaper[0].native_id is not None
+        with open(f"/proc/self/task/{reaper[0].native_id}/status") as f:
+            blocked = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGALRM, signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD):
+        assert blocked & (1 << (sig - 1)), sig

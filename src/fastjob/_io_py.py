@@ -17,6 +17,7 @@ import struct
 import sys
 import time
 import weakref as _weakref_mod
+import _queue
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:
     from typing import Any
@@ -484,8 +485,8 @@ class Token:
                         core.handoff()
                         raise
             core._unwatch(self)
-            if core._inbox or core._deaths:
-                core.flush()
+            if core._inbox:
+                core._flush_inbox()  # (the reaper thread reaps)
             return
         if mode == WRITE_NOWAIT and _RWF_NOWAIT_W is None and not _writable(core.wfd):
             raise core.full_error()
@@ -525,8 +526,8 @@ class Token:
                 return
             core.on_write_error(exc)  # the pool is broken or gone: the byte cannot go back
             raise
-        if core._inbox or core._deaths:
-            core.flush()
+        if core._inbox:
+            core._flush_inbox()
 
     def __enter__(self) -> Token:
         return self
@@ -543,7 +544,7 @@ class Token:
 class _HeldToken(Token):
     """A Token as it is made: with the leak check.  (A handler that raises
     at the very start of __del__, before any of its code runs, stops it:
-    the Token's second watch, a _Watch, gives its slot back then.)"""
+    the Token's second watch, a _Watch, has the reaper give its slot back.)"""
 
     __slots__ = ()
 
@@ -558,7 +559,12 @@ class _HeldToken(Token):
         level = signal_level()
         try:
             block_signals()
-            core = self._hold[0]
+            try:
+                core = self._hold[0]
+            except IndexError:
+                # the reaper gave it back just now (the collector calls a
+                # cycle's weak references back before its finalizers)
+                return
             try:
                 self.release()
             except BaseException:  # noqa: BLE001 - the pool is gone: nothing to write to
@@ -579,11 +585,12 @@ class _HeldToken(Token):
 class _Watch(_weakref_mod.ref):  # type: ignore[type-arg]
     """The second watch on a held pure Token: a weak reference kept by its
     Core (reachable, so the collector calls it back for a Token in a cycle
-    too), whose callback is a C call (the Core's ``_deaths.append``: no
-    Python code, so no signal handler, runs in it).  ``hold`` is the Token's
-    record (``_NOT_HELD`` until it holds one, empty once released), so
-    Core._reap finds a Token that died still holding its slot.  Released,
-    a Token drops its watch, which then reports nothing."""
+    too), whose callback is a C call (the reaper's ``SimpleQueue.put``: no
+    Python code, so no signal handler, runs in it, and it wakes the reaper
+    thread).  ``hold`` is the Token's record (``_NOT_HELD`` until it holds
+    one, empty once released), so the reaper finds a Token that died still
+    holding its slot.  Released, a Token drops its watch, which then reports
+    nothing."""
 
     __slots__ = ("hold", "byte", "gen")
 
@@ -593,6 +600,159 @@ class _Watch(_weakref_mod.ref):  # type: ignore[type-arg]
 
 
 _new_token = object.__new__
+
+
+# -- the reaper: the slot of a Token whose finalizer never ran -----------------
+# A Token dies holding its slot when a handler raised at its finalizer's
+# first instruction.  Its watch's callback puts it in _dead; the reaper
+# thread gives the slot back at once (a waiter asleep on the pool must not
+# wait for a later call into this client), and flush() does so in the
+# caller's thread for what is still pending (statistics() sees it back).
+_dead: Any = _queue.SimpleQueue()
+_dead_got: list[Any] = []  # taken from _dead, not yet given back
+_dead_lock = _threading.RLock()  # (re-entrant: a give-back's hand-off may flush)
+_reaper: Any = None
+_ONE_BLOCKING_GET = (True,)
+_getrefcount = sys.getrefcount
+_time_sleep = time.sleep
+
+
+def _reaper_callback() -> Any:
+    """The callback for a new _Watch (a C call), with the reaper running."""
+    global _reaper
+    if _reaper is None:
+        t = _threading.Thread(
+            target=_reap_forever, args=(_dead, _dead_got), name="fastjob-reaper", daemon=True
+        )
+        _start_with_signals_blocked(t)
+        _reaper = t
+    return _dead.put
+
+
+def _start_with_signals_blocked(t: Any) -> None:
+    """Start t with every signal blocked, which it keeps: a signal the
+    kernel gave to it instead of the main thread would have the main
+    thread run its handler inside a critical section, whose mask blocks
+    only the main thread's signals.  (The stdlib's mask call, as in
+    _load_mask: block_signals would load ctypes, start-up time.)"""
+    if not hasattr(_signal, "pthread_sigmask"):
+        t.start()  # Windows: no signal masks
+        return
+    cur = _signal.pthread_sigmask(_signal.SIG_BLOCK, ())  # reads only: a raise after it changes nothing
+    try:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, _signal.valid_signals())
+        t.start()
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, cur)
+
+
+def _reap_forever(dead: Any, got: list[Any]) -> None:
+    while True:
+        # taken and kept inside one C call: flush() in another thread finds
+        # it either in the queue or in got, never in between
+        got.extend(map(dead.get, _ONE_BLOCKING_GET))
+        delay = 0.0001
+        while got:
+            try:
+                with _dead_lock:
+                    _give_back_dead(got)
+            except BaseException:  # noqa: BLE001 - the reaper must outlive any one slot
+                pass
+            if got:
+                # a Token of a garbage cycle: the collector calls it back
+                # before its finalizer runs, which is to give it back
+                _time_sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+
+def _give_back_dead(got: list[Any]) -> None:
+    """Give back the slot of each watch in got whose Token is gone (caller
+    holds _dead_lock; in the main thread, with signals blocked); keep the
+    others."""
+    i = len(got)
+    while i:
+        i -= 1
+        try:
+            done = _give_back(got[i])
+        except BaseException:
+            del got[i]
+            raise
+        if done:
+            del got[i]  # (kept in got until done: reap_now waits for it)
+
+
+def _give_back(w: _Watch) -> bool:
+    """w's Token died holding its slot: give it back.  False while the
+    Token still exists: its finalizer has yet to run (the collector calls
+    a cycle's weak references back first) or to finish."""
+    hold = w.hold
+    if not hold:
+        return True  # released (by its finalizer), or never held
+    if _getrefcount(hold) > 3:  # (w.hold, hold, the argument: no Token)
+        return False
+    try:
+        core = hold[0]
+        del hold[0]  # the record: taken once, here or by a release
+    except IndexError:
+        return True
+    fresh = w.gen == core.gen and not core.closed
+    # a stand-in Token with the record: release() knows every way to write
+    # a byte back
+    tok: Token = _new_token(Token)
+    tok._hold = [core]
+    tok._byte = w.byte
+    tok._gen = w.gen
+    tok._watch = None
+    try:
+        tok.release()
+    except Exception:  # noqa: BLE001 - still held (a full pool): close() writes it
+        pass
+    try:
+        core._watches.discard(w)
+    except TypeError:
+        pass  # its hash never taken (never added): dead, it has none
+    if fresh and not tok._hold:
+        try:
+            _warnings.warn(
+                "fastjob: a Token was garbage collected without release(), and a "
+                "signal handler raised in its finalizer; it has been returned to the pool",
+                _TokenLeakWarning,
+                stacklevel=3,
+            )
+        except Exception:  # noqa: BLE001 - warnings as errors: not this caller's error
+            pass
+    return True
+
+
+def reap_now() -> None:
+    """Give back, in this thread, the slots the reaper has not yet."""
+    if not _dead_got and _dead.empty():
+        return
+    level = signal_level()
+    try:
+        block_signals()
+        with _dead_lock:
+            try:
+                while True:
+                    _dead_got.extend(map(_dead.get, (False,)))
+            except _queue.Empty:
+                pass
+            _give_back_dead(_dead_got)
+    finally:
+        restore_signals(level)
+
+
+def _reaper_after_fork() -> None:
+    # the parent's reaper thread is not the child's; a Core starts a new one
+    global _dead, _dead_got, _dead_lock, _reaper
+    _dead = _queue.SimpleQueue()
+    _dead_got = []
+    _dead_lock = _threading.RLock()
+    _reaper = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reaper_after_fork)
 _weakref = _weakref_mod.ref
 _NOT_HELD: list[Any] = []  # the hold of a Token not (yet) held: never appended to
 _os_read = os.read
@@ -645,13 +805,10 @@ class Core:
         self.owns_implicit = owns_implicit
         self._impl: list[int] = [1] if owns_implicit else []
         # Each held Token's second watch (see _Watch): kept here, and
-        # reported to _deaths when its Token dies; _reap gives back the slot
-        # of one that died still holding it.
+        # reported to the reaper when its Token dies, which gives back the
+        # slot of one that died still holding it.
         self._watches: set[_Watch] = set()
-        self._deaths: list[_Watch] = []
-        self._died = self._deaths.append
-        self._reap_lock = _threading.RLock()
-        self._reaping = False
+        self._died = _reaper_callback()
         self.gen = gen
         self.slow = slow
         self.handoff = handoff
@@ -723,8 +880,6 @@ class Core:
         # Allocated first: an allocation may run the garbage collector, and
         # a dropped Token's __del__ there may give back the inbox's byte
         # (_flush_inbox); after the look at the inbox nothing allocates.
-        if self._deaths:
-            self._reap()
         tok: Token = _new_token(_HeldToken)
         hold = [self]
         tok._hold = _NOT_HELD
@@ -761,8 +916,6 @@ class Core:
         """The implicit token if it is free, else None (ignores the queue)."""
         if self.closed:
             return None
-        if self._deaths:
-            self._reap()
         if not self._impl:
             return None
         # A plain Token until it holds the slot: dropped before (a handler
@@ -795,62 +948,6 @@ class Core:
         # Token dying first would find its watch alive, and be reported)
         self._watches.discard(tok._watch)
         tok._watch = None
-
-    def _reap(self) -> None:
-        """Give back the slot of each Token that died still holding it: a
-        handler raised at the start of its __del__, before any of its code
-        ran.  A raise anywhere in here leaves the rest for the next call."""
-        freed_implicit = False
-        back = 0
-        with self._reap_lock:
-            if self._reaping:
-                return  # (a handler's call inside this very reap, on this thread)
-            self._reaping = True
-            try:
-                reported = self._deaths
-                n = len(reported)
-                for i in range(n):
-                    w = reported[i]
-                    hold = w.hold
-                    if hold and w.gen == self.gen and not self.closed:
-                        b = w.byte
-                        if b < 0:
-                            freed_implicit = True
-                        try:
-                            del hold[0]  # its record: taken once, here or by a release
-                        except IndexError:
-                            pass
-                        else:
-                            # (no call since the del but the last, whose
-                            # effect is done before a handler can run)
-                            if b < 0:
-                                if self.owns_implicit and not self._impl:
-                                    self._impl.append(1)
-                            else:
-                                self._counts[b] -= 1
-                                self._inbox.append(_BYTES[b])  # written back just below
-                            back += 1
-                    try:
-                        self._watches.discard(w)
-                    except TypeError:
-                        pass  # its hash never taken (never added): dead, it has none
-                del reported[:n]
-            finally:
-                self._reaping = False
-        if self._inbox:
-            self._flush_inbox()
-        if freed_implicit and (self.nwait or self.solo is not None):
-            self.handoff()
-        for _ in range(back):
-            try:
-                _warnings.warn(
-                    "fastjob: a Token was garbage collected without release(), and a "
-                    "signal handler raised in its finalizer; it has been returned to the pool",
-                    _TokenLeakWarning,
-                    stacklevel=3,
-                )
-            except Exception:  # noqa: BLE001 - warnings as errors: not this caller's error
-                pass
 
     def solo_wait(self, w: Any, excl: Any, wake_fd: int, timeout: float | None) -> Token | int:
         """The lone waiter's wait (see _fastjob.Core.solo_wait): the read and
@@ -992,11 +1089,10 @@ class Core:
     def flush(self) -> None:
         """Give back a byte a signal handler left between a read and its
         token (the native core never leaves one), and the slot of a Token
-        that died holding it (_reap)."""
+        that died holding it (reap_now)."""
         if self._inbox:
             self._flush_inbox()
-        if self._deaths:
-            self._reap()
+        reap_now()
 
     def _flush_inbox(self) -> None:
         """Give back a byte a signal handler left in the inbox."""
@@ -1085,10 +1181,7 @@ class Core:
         self.gen = gen
         self.owns_implicit = False
         self._impl.clear()
-        self._deaths = []  # (a new list: the parent's Tokens report to the old one)
-        self._died = self._deaths.append
-        self._reap_lock = _threading.RLock()
-        self._reaping = False
+        self._died = _reaper_callback()  # (the parent's Tokens report to the old queue)
         self.nwait = 0
         self.solo = None
         # re-entrant: a finalizer the collector runs inside a take may hand off
