@@ -570,14 +570,18 @@ with fastjob.Server(3) as s:
     end = time.monotonic() + 1.0
     calls = 0
     while time.monotonic() < end:
+        ts = None
         try:
             armed = True
             calls += 1
             ts = c.try_acquire_up_to(2)  # blocks signals around its critical section
             ts.release()
-            armed = False
         except Boom:
+            pass
+        finally:
             armed = False
+            if ts is not None:
+                ts.release()  # (a raise at the pure release()'s first instruction left it held)
     loaded = _io_py._native_mask is not _io_py._UNSET  # (the storm still on)
     signal.setitimer(signal.ITIMER_REAL, 0)
     gc.collect()
