@@ -370,11 +370,16 @@ def restore_signals(level: int) -> None:
 
 
 def _after_fork() -> None:
-    global _main_ident, _sig_depth, _blocking, _owner
+    global _main_ident, _sig_depth, _blocking, _owner, _dead, _dead_got, _dead_lock, _reaper
     _main_ident = _threading.main_thread().ident
     _sig_depth = 0  # (the forking thread's mask is the child's: not ours to restore)
     _blocking = False
     _owner = None
+    # the parent's reaper thread is not the child's: a Core starts a new one
+    _dead = _queue.SimpleQueue()
+    _dead_got = []
+    _dead_lock = _threading.RLock()
+    _reaper = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -742,17 +747,6 @@ def reap_now() -> None:
         restore_signals(level)
 
 
-def _reaper_after_fork() -> None:
-    # the parent's reaper thread is not the child's; a Core starts a new one
-    global _dead, _dead_got, _dead_lock, _reaper
-    _dead = _queue.SimpleQueue()
-    _dead_got = []
-    _dead_lock = _threading.RLock()
-    _reaper = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reaper_after_fork)
 _weakref = _weakref_mod.ref
 _NOT_HELD: list[Any] = []  # the hold of a Token not (yet) held: never appended to
 _os_read = os.read
