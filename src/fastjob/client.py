@@ -184,10 +184,10 @@ class Client:
                 read_mode = _io.READ_FD
             else:
                 read_mode = _io.READ_NONE
+            if t.private_write_fd >= 0:
+                return t.read_fd, t.private_write_fd, read_mode, _io.WRITE_FD
             # The write end is shared (and usually blocking): write with
-            # RWF_NOWAIT / after a poll; never touch its flags.  (A private
-            # non-blocking reopen of it would be cheaper per write, but would
-            # be one more writer keeping a dead pool from reaching EOF.)
+            # RWF_NOWAIT / after a poll; never touch its flags.
             return t.read_fd, t.shared_write_fd, read_mode, _io.WRITE_NOWAIT
         if isinstance(t, FifoTransport) and hasattr(t, "_lock") and hasattr(t, "_wfd"):
             # our own O_NONBLOCK descriptors; the writer is reopened by the

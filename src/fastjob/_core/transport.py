@@ -166,6 +166,12 @@ class PipeTransport(Transport):
         self.shared_write_fd = write_fd
         self._owned = owned
         self._private_fd = -1
+        #: a private O_NONBLOCK description of the write end, or -1: release()
+        #: writes there with a plain write(2), cheaper than pwritev2 on the
+        #: shared one.  Only for fds we own: close() closes it with them.  An
+        #: inherited pool must reach EOF once every shared writer is closed,
+        #: which a writer of our own would prevent.
+        self.private_write_fd = -1
         rinfo, _ = validate_pipe_fds(read_fd, write_fd)
         self._ino = rinfo.ino
         forced = forced_strategy()
@@ -191,6 +197,8 @@ class PipeTransport(Transport):
                     ) from None
             else:
                 self.read_fd = self._private_fd
+                if self._owned:
+                    self._open_private_writer()
                 return "proc-reopen"
         if forced in (None, "rwf-nowait") and sys.platform.startswith("linux"):
             self.read_fd = self.shared_read_fd
@@ -204,6 +212,17 @@ class PipeTransport(Transport):
             return "shared-nonblocking"
         self.nonblocking_read = False
         return "thread"
+
+    def _open_private_writer(self) -> None:
+        # Out of fds, the shared description will do.
+        try:
+            fd = _io.reopen_private(self.shared_write_fd, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        if _io.fd_info(fd).ino != self._ino:
+            os.close(fd)  # the fd was closed and reused meanwhile: not our pipe
+            return
+        self.private_write_fd = fd
 
     def try_read(self) -> int:
         if self.strategy == "rwf-nowait":
@@ -238,9 +257,10 @@ class PipeTransport(Transport):
         return f"pipe {self.shared_read_fd},{self.shared_write_fd}"
 
     def close(self) -> None:
-        if self._private_fd >= 0:
-            os.close(self._private_fd)
-            self._private_fd = -1
+        for fd in (self._private_fd, self.private_write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._private_fd = self.private_write_fd = -1
         if self._owned:
             for fd in (self.shared_read_fd, self.shared_write_fd):
                 try:
