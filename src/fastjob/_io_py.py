@@ -858,9 +858,9 @@ class Core:
             if self.closed or self.nwait or self.solo is not None:
                 return self.slow()  # type: ignore[no-any-return]
             if self._impl:
-                tok = self.take_implicit()
-                if tok is not None:
-                    return tok
+                implicit = self.take_implicit()
+                if implicit is not None:
+                    return implicit
             if self.read_mode == READ_NONE:
                 return self.slow()  # type: ignore[no-any-return]
         if not self._read_args:
