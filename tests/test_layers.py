@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parent.parent / "src" / "fastjob"
 
 # DESIGN.md, bottom to top (a module may import its own layer and below).
 LAYERS: list[tuple[str, ...]] = [
-    ("fastjob._errors", "fastjob._version", "fastjob._statistics"),
+    ("fastjob._errors", "fastjob._version", "fastjob._statistics", "fastjob._service_thread"),
     ("fastjob._io_py", "fastjob._io", "_fastjob"),
     ("fastjob._makeflags",),
     ("fastjob._backend",),

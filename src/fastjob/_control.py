@@ -23,6 +23,7 @@ import sys
 import threading
 
 from ._errors import JobserverError
+from ._service_thread import start_service_thread
 
 # Start-up: a pool's owner (every ``fastjob run``) starts the control socket,
 # and most never get a request.  So the listening socket is a bare _socket
@@ -141,12 +142,9 @@ class ControlServer:
         self._pid = os.getpid()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="fastjob-control", daemon=True)
-        self._thread.start()
+        start_service_thread(self._thread)
 
     def _run(self) -> None:
-        from . import _io
-
-        _io.service_thread_signals()
         while True:
             ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [])
             if self._wake_r in ready or self._closed:

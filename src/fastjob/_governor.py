@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from ._errors import JobserverWarning
+from ._service_thread import start_service_thread
 
 __all__ = ["SLOW_START", "Governor", "Limits", "ProcSource", "Readings", "parse_size"]
 
@@ -377,12 +378,9 @@ class Governor:
         if not self.active:
             return
         self._thread = threading.Thread(target=self._run, name="fastjob-governor", daemon=True)
-        self._thread.start()
+        start_service_thread(self._thread)
 
     def _run(self) -> None:
-        from . import _io
-
-        _io.service_thread_signals()
         try:
             while not self._stop.wait(self.tick_interval):
                 self.step()

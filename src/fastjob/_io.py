@@ -151,15 +151,3 @@ def fd_info(fd: int) -> FdInfo:
     return FdInfo(*_impl.fd_info(fd))
 
 
-def service_thread_signals() -> None:
-    """Called first in every thread fastjob starts: block every signal there.
-
-    The kernel may deliver a process-directed signal to any thread that does
-    not block it.  Python then runs the handler in the main thread, even
-    while that thread masks signals around a critical section.  So only the
-    main thread may take them.
-    """
-    import signal
-
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())

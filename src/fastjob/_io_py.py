@@ -218,6 +218,8 @@ import signal as _signal  # noqa: E402
 import threading as _threading  # noqa: E402
 import warnings as _warnings  # noqa: E402
 
+from ._service_thread import start_service_thread  # noqa: E402
+
 _main_ident = _threading.main_thread().ident
 _get_ident = _threading.get_ident
 
@@ -630,26 +632,9 @@ def _reaper_callback() -> Any:
         t = _threading.Thread(
             target=_reap_forever, args=(_dead, _dead_got), name="fastjob-reaper", daemon=True
         )
-        _start_with_signals_blocked(t)
+        start_service_thread(t)
         _reaper = t
     return _dead.put
-
-
-def _start_with_signals_blocked(t: Any) -> None:
-    """Start t with every signal blocked, which it keeps: a signal the
-    kernel gave to it instead of the main thread would have the main
-    thread run its handler inside a critical section, whose mask blocks
-    only the main thread's signals.  (The stdlib's mask call, as in
-    _load_mask: block_signals would load ctypes, start-up time.)"""
-    if not hasattr(_signal, "pthread_sigmask"):
-        t.start()  # Windows: no signal masks
-        return
-    cur = _signal.pthread_sigmask(_signal.SIG_BLOCK, ())  # reads only: a raise after it changes nothing
-    try:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, _signal.valid_signals())
-        t.start()
-    finally:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, cur)
 
 
 def _reap_forever(dead: Any, got: list[Any]) -> None:

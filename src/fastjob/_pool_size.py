@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 from . import _io
 from ._core.transport import Transport
 from ._errors import JobserverError, UnsupportedPlatformError
+from ._service_thread import start_service_thread
 
 __all__ = ["PoolSize"]
 
@@ -204,7 +205,7 @@ class PoolSize:
                     target=self._run if self._takes is None else self._run_sem,
                     name="fastjob-pool-size", daemon=True,
                 )
-                self._thread.start()
+                start_service_thread(self._thread)
                 return
         self._poke()
 
@@ -223,7 +224,6 @@ class PoolSize:
         """The settle thread of a semaphore pool: while a shrink is owed, take
         counts as they come back (a kernel wait of at most SETTLE_POLL, woken
         by _poke) and withhold them; otherwise sleep until _poke."""
-        _io.service_thread_signals()
         takes = self._takes
         assert takes is not None
         try:
@@ -257,7 +257,6 @@ class PoolSize:
             self.error = exc
 
     def _run(self) -> None:
-        _io.service_thread_signals()
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         fd = self._t.read_fd

@@ -1420,9 +1420,9 @@ class _Reader:
             return None  # (re-entered from inside this thread's own wait: it goes first)
 
     def _run(self) -> None:
-        # Signals go to the main thread, never here: a handler's exception
-        # cannot land between our read and the hand-off.
-        _io.service_thread_signals()
+        # Started with every signal blocked (kick): they go to the main
+        # thread, never here, so a handler's exception cannot land between
+        # our read and the hand-off.
         c = self._client
         t = c._t
         kick_r = self._pipe()[0]

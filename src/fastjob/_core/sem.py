@@ -47,6 +47,7 @@ from typing import Final, Protocol
 from .. import _io
 from .._errors import JobserverClosedError, JobserverError, UnsupportedPlatformError
 from .._makeflags import JobserverAuth
+from .._service_thread import start_service_thread
 from .transport import Transport
 
 __all__ = ["SemaphoreTransport", "create_semaphore_pool", "semaphore_api"]
@@ -508,7 +509,7 @@ class SemaphoreTransport(Transport):
                 self._thread = threading.Thread(
                     target=self._run, name=f"fastjob-sem-{self.name}", daemon=True
                 )
-                self._thread.start()
+                start_service_thread(self._thread)
 
     def _run(self) -> None:
         while True:

@@ -19,6 +19,8 @@ import time
 from array import array
 from collections.abc import Callable
 
+from .._service_thread import start_service_thread
+
 __all__ = ["CpuReader", "Sampler"]
 
 _QUIET = 8  # unchanged samples before the interval stretches
@@ -113,7 +115,7 @@ class Sampler:
             self._cpu.busy()  # re-baseline (a no-op when no tick passed since)
             self.cpu_start = t0
             self._next_cpu = t0 + self.cpu_interval
-        self._thread.start()
+        start_service_thread(self._thread)
         return t0
 
     def stop(self) -> float:
