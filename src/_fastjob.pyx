@@ -42,6 +42,9 @@ import os as _os
 from time import monotonic as _monotonic
 
 AGAIN = FJ_AGAIN
+
+cdef enum:
+    FJ_CLOSED = -5  # _write: close() gave the byte back meanwhile
 EOF = FJ_EOF
 
 
@@ -634,7 +637,19 @@ cdef class Core:
             return None
         if r == FJ_EOF:
             raise self.transport.closed_error()
+        if self.closed:
+            # close() ran while a Python read (READ_PY) let another thread
+            # in: it gave back what it found held, and this was not
+            self._read_after_close(r)
         return self._new(r)
+
+    cdef int _read_after_close(self, int b) except -1:
+        try:
+            self.transport.write(b)
+        except Exception:
+            pass  # the pool is gone: nowhere to go
+        self.slow()  # raises the client's closed error
+        raise RuntimeError("fastjob: a closed client's core read a token")
 
     cpdef Token take_implicit(self):
         """The implicit token if it is free, else None (ignores the queue)."""
@@ -712,8 +727,10 @@ cdef class Core:
             r = fj_write_nowait(self.wfd, b)
         elif self.write_mode == 2:
             lock = self.transport._lock
-            lock.acquire()
+            lock.acquire()  # (may let another thread in: close() too)
             try:
+                if self.closed:
+                    return FJ_CLOSED  # close() counted it held and wrote it back
                 fd = self.transport._wfd
                 if fd >= 0:
                     r = fj_try_write(fd, b)
@@ -766,7 +783,8 @@ cdef class Core:
         if r == FJ_AGAIN:
             tok._holder = self  # still held: a later release() may succeed
             raise self.full_error()
-        self._lost(tok)
+        if r != FJ_CLOSED:
+            self._lost(tok)
         return 0
 
     cdef void _lost(self, Token tok):

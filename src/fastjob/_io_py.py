@@ -532,6 +532,8 @@ class Token:
                 core._unrelease(self)
                 self.release()
                 return
+            if core.closed:
+                return  # close() closed our own writer meanwhile: that pool is gone
             core.on_write_error(exc)  # the pool is broken or gone: the byte cannot go back
             raise
         if core._inbox:
@@ -856,7 +858,12 @@ class Core:
         inbox = self._inbox
         if _get_ident() != _main_ident:
             # no Python signal handler runs in this thread: a plain read
-            r = try_read(self.rfd) if self.read_mode == READ_FD else read_nowait(self.rfd)
+            try:
+                r = try_read(self.rfd) if self.read_mode == READ_FD else read_nowait(self.rfd)
+            except OSError:
+                if self.closed:
+                    return self.slow()  # type: ignore[no-any-return]  # close() closed the fd meanwhile
+                raise
             if r == AGAIN:
                 return None
             if r == EOF:
@@ -874,10 +881,14 @@ class Core:
         if not inbox:
             try:
                 inbox.extend(map(*self._read_args))
-            except BlockingIOError:
+            except OSError as exc:
                 tok.__class__ = Token  # never held: no finalizer to run
                 tok._watch = None  # (freed before tok: it reports nothing)
-                return None
+                if exc.__class__ is BlockingIOError:
+                    return None
+                if self.closed:
+                    return self.slow()  # type: ignore[no-any-return]  # close() in another thread closed the fd
+                raise
         data = inbox[0]
         if type(data) is int:
             b = self._nbuf[0] if data else EOF
@@ -886,6 +897,11 @@ class Core:
         if b == EOF:
             del inbox[0]
             raise self.transport.closed_error()
+        if self.closed:  # close() ran while we read (no call from here to the record)
+            del inbox[0]
+            tok.__class__ = Token
+            tok._watch = None
+            return self._read_after_close(b)
         tok._byte = b
         tok._gen = watch.gen = self.gen
         watch.byte = b
@@ -980,6 +996,11 @@ class Core:
         tok._hold = _NOT_HELD
         hold = [self]
         watch = _Watch(tok, self._died)
+        if self.closed:  # close() ran while it was read (no call from here to the record)
+            tok.__class__ = Token
+            tok._watch = None
+            watch.hold = _NOT_HELD  # (it may outlive tok: it reports nothing)
+            return self._read_after_close(byte)
         watch.byte = tok._byte = byte
         watch.gen = tok._gen = self.gen
         tok._watch = watch
@@ -989,6 +1010,17 @@ class Core:
         self.acquired += 1
         self._watches.add(watch)
         return tok
+
+    def _read_after_close(self, byte: int) -> Token:
+        """A byte read while close() ran: close() gave back what it found
+        held and this was not, so it goes back here; then the client's
+        closed error (slow() raises it)."""
+        if byte >= 0:
+            try:
+                self.transport.write(byte)
+            except Exception:  # noqa: BLE001 - the pool is gone: nowhere to go
+                pass
+        return self.slow()  # type: ignore[no-any-return]
 
     def _unrelease(self, tok: Token) -> None:
         tok._hold.append(self)
@@ -1013,6 +1045,16 @@ class Core:
             return
         done: list[int] = []
         with t._lock:
+            if self.closed:
+                # close() ran while we waited for the lock: it counted this
+                # token held and wrote its byte back (no call from the look
+                # to the record)
+                try:
+                    del hold[0]
+                except IndexError:
+                    pass
+                tok.__class__ = Token
+                return
             if t._wfd < 0:
                 t._reopen_writer()  # raises FifoError with the token still held
             try:
@@ -1045,9 +1087,13 @@ class Core:
         """_give_slow for a transport without a descriptor of ours (the
         Windows semaphore, the pipe's shared end): its write is Python
         code, so a handler that raises in it is judged by its type."""
+        closed = self.closed  # close() wrote it back (no call from here to the record)
         try:
             del hold[0]
         except IndexError:
+            return
+        if closed:
+            tok.__class__ = Token
             return
         t = self.transport
         try:
