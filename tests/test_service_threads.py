@@ -93,9 +93,17 @@ def test_every_fastjob_thread_starts_with_every_signal_blocked(
     with fastjob.Server(3) as s:  # (the implicit token is the Server's client's)
         c = fastjob.from_env(environ=s.env(), strict=True)
         assert c is not None
-        try:
+        def two() -> None:
             with c.acquire_blocking(timeout=10), c.acquire_blocking(timeout=10):
                 pass  # the second one is read by fastjob-reader
+
+        try:
+            # from a thread other than the main one, whose block_signals()
+            # masks nothing: the reader must be started blocked all the same
+            th = threading.Thread(target=two)
+            th.start()
+            th.join(20)
+            assert not th.is_alive()
         finally:
             c.close()
     names = {n for n in start_masks if n.startswith("fastjob-")}

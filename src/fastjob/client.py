@@ -38,6 +38,7 @@ from ._core.token import Token, TokenSet
 from ._core.transport import FifoTransport, PipeTransport, Transport
 from ._errors import JobserverClosedError, JobserverError, TokenLeakWarning
 from ._makeflags import child_environment
+from ._service_thread import start_service_thread
 from ._waiting import AioFdWatch, ExclusiveWait, FdWatch, LoopState, Waiter, wake_up_pipe
 
 if TYPE_CHECKING:
@@ -1398,7 +1399,9 @@ class _Reader:
                     # of the block once skipped this, and the next kick
                     # started a second reader (two blocking reads of the pool).
                     self._thread = th
-                    th.start()
+                    # (block_signals masks the main thread only; a kick
+                    # from another thread must block them for it too)
+                    start_service_thread(th)
                 except BaseException:
                     self._thread = None  # it did not start
                     raise
