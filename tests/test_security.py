@@ -209,6 +209,33 @@ def test_private_fds_of_a_client_are_cloexec() -> None:
         os.close(w)
 
 
+def test_a_servers_own_client_writes_through_a_private_nonblocking_writer() -> None:
+    """The Server's client writes tokens back with a plain write(2) on a
+    private O_NONBLOCK, close-on-exec description of the pool's write end
+    (closed before the Server's fds); a client of inherited fds writes to
+    the shared end (a writer of its own would keep a dead pool alive)."""
+    with fastjob.Server(3, style="pipe") as s:
+        t = s.client._t
+        if t.strategy != "proc-reopen":
+            pytest.skip(f"strategy {t.strategy}: no private descriptions")
+        fd = t.private_write_fd
+        r, w = s.pass_fds
+        assert fd not in (r, w, -1)
+        assert os.fstat(fd).st_ino == os.fstat(w).st_ino
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert not fcntl.fcntl(w, fcntl.F_GETFL) & os.O_NONBLOCK  # the shared end: untouched
+        got = [s.client.try_acquire() for _ in range(3)]
+        for tok in got:
+            assert tok is not None
+            tok.release()
+        assert s.statistics().free == 2
+        c = fastjob.from_env(environ=s.env(), strict=True)
+        assert c is not None
+        assert c._t.private_write_fd == -1
+        c.close()
+
+
 # -- token bytes are opaque --------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", ["proc-reopen", "rwf-nowait", "thread"])
 def test_every_byte_value_is_one_token(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,7 +150,8 @@ class Server:
         self._fds = [r, w]
         self._grow(w)
         self._fill(w)
-        self._transport = PipeTransport(r, w, owned=False)
+        # (close() shuts the client, so its transport, before these fds)
+        self._transport = PipeTransport(r, w, owned=False, private_writer=True)
         self.client = Client(self._transport, jobs=self.jobs, source="fastjob.Server")
 
     def _make_fifo(self) -> None:

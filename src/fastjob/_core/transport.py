@@ -159,18 +159,23 @@ class PipeTransport(Transport):
 
     style = "pipe"
 
-    def __init__(self, read_fd: int, write_fd: int, *, owned: bool = False) -> None:
+    def __init__(
+        self, read_fd: int, write_fd: int, *, owned: bool = False, private_writer: bool = False
+    ) -> None:
         """Validate the fds and choose the wait strategy.  ``owned`` fds
-        (created by our Server) are closed by close(); inherited ones never."""
+        are closed by close(); inherited ones never.  ``private_writer``: the
+        caller closes the fds only after this transport (our Server does),
+        so a private writer of ours cannot keep the pool from reaching EOF."""
         self.shared_read_fd = read_fd
         self.shared_write_fd = write_fd
         self._owned = owned
+        self._writer_ok = owned or private_writer
         self._private_fd = -1
         #: a private O_NONBLOCK description of the write end, or -1: release()
         #: writes there with a plain write(2), cheaper than pwritev2 on the
-        #: shared one.  Only for fds we own: close() closes it with them.  An
-        #: inherited pool must reach EOF once every shared writer is closed,
-        #: which a writer of our own would prevent.
+        #: shared one.  Only for fds closed after this transport (``owned``,
+        #: ``private_writer``): an inherited pool must reach EOF once every
+        #: shared writer is closed, which a writer of our own would prevent.
         self.private_write_fd = -1
         rinfo, _ = validate_pipe_fds(read_fd, write_fd)
         self._ino = rinfo.ino
@@ -197,7 +202,7 @@ class PipeTransport(Transport):
                     ) from None
             else:
                 self.read_fd = self._private_fd
-                if self._owned:
+                if self._writer_ok:
                     self._open_private_writer()
                 return "proc-reopen"
         if forced in (None, "rwf-nowait") and sys.platform.startswith("linux"):
