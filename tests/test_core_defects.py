@@ -599,3 +599,14 @@ def test_the_signal_mask_loads_in_the_middle_of_a_storm() -> None:
     ctypes in 1.5 s).  It is loaded with every signal blocked now."""
     out = _run(MASK_LOAD, env={"FASTJOB_NO_EXTENSIONS": "1"})
     assert out.split() == ["True", "True", "True", "2", "0"]
+
+
+def test_try_acquire_takes_no_argument() -> None:
+    """No argument gets a try_acquire past the queue (the pure core's read
+    path is one function with a keyword-only switch for the pump)."""
+    with fastjob.Server(2) as s:
+        with pytest.raises(TypeError):
+            s.client.try_acquire(True)  # type: ignore[call-arg]
+        tok = s.client.try_acquire()
+        assert tok is not None
+        tok.release()

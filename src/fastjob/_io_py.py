@@ -835,13 +835,14 @@ class Core:
     def take(self) -> Token | None:
         """A Token for a pool byte read now, or None; JobserverClosedError
         at EOF.  Ignores the queue (the caller is the queue's pump)."""
-        return self.try_acquire(True)
+        return self.try_acquire(_pump=True)
 
-    def try_acquire(self, pump: bool = False) -> Token | None:
-        """Client.try_acquire (see _fastjob.Core.try_acquire); with pump,
+    def try_acquire(self, *, _pump: bool = False) -> Token | None:
+        """Client.try_acquire (see _fastjob.Core.try_acquire); with _pump,
         take().  (One function: a Python call is a third of the cost of
-        the read it makes.)"""
-        if not pump:
+        the read it makes.  Keyword-only: ``client.try_acquire(True)`` is a
+        TypeError, as on the native core, not a way past the queue.)"""
+        if not _pump:
             if self.closed or self.nwait or self.solo is not None:
                 return self.slow()  # type: ignore[no-any-return]
             if self._impl:
