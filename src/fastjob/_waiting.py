@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     import anyio
 
+    from ._core.queue import WaiterQueue
     from ._core.token import Token
 
     class QueueOwner(Protocol):
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
         _closed: bool
         _dead: JobserverError | None
-        _nwait: int
+        _queue: WaiterQueue
 
         def _pump(self) -> bool: ...
 
@@ -328,7 +329,7 @@ class AioFdWatch:
     def _ready(cls, k: tuple[Any, int]) -> None:
         loop, fd = k
         for c in list(cls.waiting.get(k, ())):
-            if c._closed or c._dead is not None or not c._nwait:
+            if c._closed or c._dead is not None or not c._queue.nwait:
                 # nobody of it queues (served waiters leave on resuming):
                 # a byte left in the pipe must not call us back in a spin
                 # (the last one to leave hands the byte on)
@@ -336,7 +337,7 @@ class AioFdWatch:
                 continue
             try:
                 if c._pump():
-                    if not c._nwait:
+                    if not c._queue.nwait:
                         cls.idle_soon(loop, fd)
                     return  # one token per call: the fd is level-triggered
             except JobserverError as exc:
@@ -359,7 +360,7 @@ class AioFdWatch:
     def _drop_idle(cls, k: tuple[Any, int]) -> None:
         cls.idle.discard(k)
         for c in list(cls.waiting.get(k, ())):
-            if c._closed or not c._nwait:
+            if c._closed or not c._queue.nwait:
                 cls.leave(k[0], k[1], c)
 
     @classmethod

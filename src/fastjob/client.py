@@ -29,11 +29,11 @@ import threading
 import time
 import warnings
 import weakref
-from collections import deque
 from types import TracebackType
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 
 from . import _backend, _io
+from ._core.queue import WaiterQueue
 from ._core.token import Token, TokenSet
 from ._core.transport import FifoTransport, PipeTransport, Transport
 from ._errors import JobserverClosedError, JobserverError, TokenLeakWarning
@@ -108,24 +108,7 @@ class Client:
         self._lock = threading.RLock()
         self._jobs = jobs
         self._source = source
-        # The queue holds weak references: a waiter whose owner was unwound
-        # by a signal handler's exception before it could leave the queue
-        # (its cleanup interrupted too) is dropped when it reaches the head,
-        # and the slots it gathered come back when it is collected.
-        self._queue: deque[weakref.ref[Waiter]] = deque()
-        self._pending: set[weakref.ref[Waiter]] = set()
         self._waiting_threads: set[int] = set()  # threads in _blocking now
-        # Waiters served but not yet resumed: the fast path still defers to
-        # them, so a newcomer cannot run before a waiter served earlier.
-        self._resuming: set[weakref.ref[Waiter]] = set()
-        # What each queued (or served, not yet resumed) waiter gathered, kept
-        # here too: if its owner vanishes, the slots go on from here.
-        self._gathered: dict[weakref.ref[Waiter], list[Token]] = {}
-        self._orphans: list[Token] = []
-        # The weak references of waiters that died (their callback appends
-        # here): a sweep looks at these only, not at every queued waiter.
-        self._died: list[weakref.ref[Waiter]] = []
-        self._nwait = 0
         self._loops: dict[object, LoopState] = {}
         self._dead: JobserverError | None = None
         self._tleader_ref: weakref.ref[Waiter] | None = None
@@ -149,6 +132,7 @@ class Client:
             self._on_write_error,
             self._full_error,
         )
+        self._queue = WaiterQueue(self._core)
         # The whole fast path is one call into the core.
         self.try_acquire = self._core.try_acquire  # type: ignore[method-assign]
         self._try_loop: Callable[[], Token | None] = (
@@ -321,10 +305,6 @@ class Client:
         ref = self._tleader_ref
         return None if ref is None else ref()
 
-    def _count(self) -> None:
-        self._nwait = len(self._pending)
-        self._core.nwait = self._nwait + len(self._resuming)
-
     def _queued(self) -> bool:
         """True when live waiters queue, a thread waits alone, or waiters
         were served and have not resumed yet (dropping dead ones)."""
@@ -332,13 +312,13 @@ class Client:
         if not core.nwait and core.solo is None:
             return False
         with self._lock:
-            self._sweep(full=False)  # the queue's head and the few served ones
+            self._sweep()  # the queue's head and the few served ones
             return bool(core.nwait) or core.solo is not None
 
     def _queued_waiters(self) -> int:
         """Waiters queued now (not the served ones about to resume), the
         thread waiting alone included (JobGroup's first-come rule)."""
-        return self._nwait + (self._core.solo is not None)
+        return self._queue.nwait + (self._core.solo is not None)
 
     def _adopt_solo(self) -> None:
         """Put the thread that waits alone (if one does) at the head of the
@@ -348,68 +328,21 @@ class Client:
         w = self._core.solo_claim()
         if w is None:
             return
-        self._tleader_ref = self._enqueue(w, front=True)
+        self._tleader_ref = self._queue.enqueue(w, front=True)
         self._kick_thread_leader()
 
-    def _enqueue(self, w: Waiter, front: bool = False) -> weakref.ref[Waiter]:
-        """Put w in the queue, at its tail or (the lone waiter) its head
-        (caller holds the lock)."""
-        w.gone = False
-        ref = w.ref = weakref.ref(w, self._died.append)
-        if front:
-            self._queue.appendleft(ref)
-        else:
-            self._queue.append(ref)
-        self._pending.add(ref)
-        self._gathered[ref] = w.got
-        self._count()
-        return ref
-
-    def _sweep(self, full: bool = True, scan: bool = False) -> None:
-        """Drop waiters whose owner vanished (caller holds the lock) and
-        pass on what they had gathered.  O(waiters that died since the last
-        sweep), not O(waiters): each waiter's weak reference reports its
-        death in ``_died``.  (``full`` is kept for callers; both are the same.)
-        ``scan`` also looks at every gathering waiter (statistics, close):
-        O(waiters)."""
-        self._prune()
-        dead = self._died
-        while dead:
-            # Taken off the list only once handled: a signal handler raising
-            # at a pop's return lost the waiter's death, and its gathered
-            # tokens stayed in _gathered, counted held, for good.  (By
-            # identity: a weak reference's callback may append meanwhile.)
-            ref = dead[-1]
-            try:
-                self._pending.discard(ref)
-                self._resuming.discard(ref)
-                self._orphans += self._gathered.pop(ref, ())
-            except TypeError:
-                pass  # never hashed while alive: it was never queued
-            try:
-                dead.remove(ref)
-            except ValueError:
-                pass
-        if scan:
-            # and a death lost some other way: a dead waiter's entry left
-            for ref in [r for r in self._gathered if r() is None]:
-                self._pending.discard(ref)
-                self._resuming.discard(ref)
-                self._orphans += self._gathered.pop(ref, ())
-        self._count()
-        if self._orphans:
-            orphans, self._orphans = self._orphans, []
-            for tok in orphans:
-                self._place(tok)
+    def _sweep(self, scan: bool = False) -> None:
+        """Drop waiters whose owner vanished and place what they had
+        gathered (caller holds the lock); see WaiterQueue.sweep."""
+        for tok in self._queue.sweep(scan):
+            self._place(tok)
 
     def _resumed(self, w: Waiter) -> None:
         """w runs again (served, or giving up)."""
         if w.ref is not None:
             with self._lock:
-                self._resuming.discard(w.ref)
-                self._gathered.pop(w.ref, None)
-                self._count()
-            if self._nwait and self._core.implicit_free:
+                self._queue.resumed(w)
+            if self._queue.nwait and self._core.implicit_free:
                 # freed while only served waiters were left: the queue's now
                 self._implicit_freed()
 
@@ -425,77 +358,26 @@ class Client:
                 if len(w.got) >= w.need:
                     w.done = True
                     return True
-            if self._died:
+            if self._queue.died:
                 self._sweep()
             self._adopt_solo()  # first come: it stays ahead of w
-            ref = self._enqueue(w)
+            ref = self._queue.enqueue(w)
             if w.state is not None:
                 w.state.queue.append(ref)
         return False
 
-    def _prune(self) -> None:
-        """Drop the gone and the dead from the head of the queue (caller
-        holds the lock), so that a queue's head is always live."""
-        q = self._queue
-        while q:
-            ref = q[0]
-            w = ref()
-            if w is not None and not w.gone:
-                break
-            q.popleft()
-            if w is None and ref in self._pending:
-                self._pending.discard(ref)  # its owner vanished mid-cleanup
-                self._orphans += self._gathered.pop(ref, ())
-                self._count()
-
-    def _unlink(self, w: Waiter) -> None:
-        """Remove w from the queues in O(1): marked gone and dropped when it
-        reaches the head."""
-        if w.gone:
-            return
-        w.gone = True
-        self._pending.discard(w.ref)
-        self._count()
-        self._prune()
-        if w.state is not None:
-            w.state.prune()
-
-    def _live_waiters(self) -> list[Waiter]:
-        out = []
-        for ref in self._queue:
-            w = ref()
-            if w is not None and not w.gone:
-                out.append(w)
-        return out
-
     def _deliver(self, tok: Token) -> tuple[bool, Waiter | None]:
         """Give tok to the head of the queue (caller holds the lock):
         (False, None) when nobody waits; else (True, the waiter to wake when
-        it now has all it needs).  (The hot path of every hand-off: the
-        served head is unlinked here, not through _unlink.)"""
+        it now has all it needs)."""
         q = self._queue
-        w = q[0]() if q else None
-        if w is None or w.gone:
-            self._prune()
-            if self._core.solo is not None:
-                self._adopt_solo()
-            w = q[0]() if q else None
+        w: Waiter | None = q.head()
+        if w is None and self._core.solo is not None:
+            self._adopt_solo()
+            w = q.head()
         if w is None or self._closed:
             return False, None
-        got = w.got
-        got.append(tok)
-        if len(got) < w.need:
-            return True, None
-        w.done = True
-        w.gone = True
-        q.popleft()  # w is the (live) head
-        ref = w.ref
-        self._pending.discard(ref)
-        self._resuming.add(ref)  # type: ignore[arg-type]
-        self._count()
-        if w.state is not None:
-            w.state.prune()
-        return True, w
+        return True, (w if q.serve(w, tok) else None)
 
     def _place(self, tok: Token) -> None:
         """A token nobody holds: to the oldest waiter, else back to the pool
@@ -563,7 +445,7 @@ class Client:
         try:
             _block_signals()
             with self._lock:
-                if not self._nwait and self._core.solo is None:
+                if not self._queue.nwait and self._core.solo is None:
                     return
                 tok = self._core.take_implicit()
                 if tok is None:
@@ -581,14 +463,7 @@ class Client:
             wake: list[Waiter] = []
             back: list[Token] = []
             with self._lock:
-                self._unlink(w)
-                if w.ref is not None:
-                    self._resuming.discard(w.ref)
-                    self._gathered.pop(w.ref, None)
-                    self._count()
-                got, w.got = w.got, []
-                w.done = False
-                for tok in got:
+                for tok in self._queue.leave(w):
                     taken, x = self._deliver(tok)
                     if not taken:
                         back.append(tok)
@@ -657,10 +532,10 @@ class Client:
             if self._dead is None:
                 self._dead = error
             self._adopt_solo()
-            waiters = self._live_waiters()
+            waiters = self._queue.live()
             for w in waiters:
                 w.error = error
-                self._unlink(w)
+                self._queue.unlink(w)
         for w in waiters:
             self._wake_waiter(w)
 
@@ -843,7 +718,7 @@ class Client:
         """The thread leader leaves: the next thread waiter leads (caller
         holds the lock)."""
         self._tleader_ref = None
-        for x in self._live_waiters():
+        for x in self._queue.live():
             if x.lock is not None:
                 x.wake()
                 return
@@ -1048,7 +923,7 @@ class Client:
             self._abandon(w)
             raise
         finally:
-            if not self._nwait:
+            if not self._queue.nwait:
                 # Nobody queues any more: no registration may outlive that
                 # (a closed client's fd must not stay in the loop's
                 # selector).  Left unserved, or closed: drop it now; served:
@@ -1249,9 +1124,9 @@ class Client:
                 held = core.held_bytes()
                 core.implicit_free = False
                 self._adopt_solo()
-                waiters = self._live_waiters()
+                waiters = self._queue.live()
                 for w in waiters:
-                    self._unlink(w)
+                    self._queue.unlink(w)
                     w.error = self._closed_error()
             for w in waiters:
                 self._wake_waiter(w)
@@ -1311,14 +1186,7 @@ class Client:
         self._lock = threading.RLock()
         self._gen = _fork_generation
         self._owns_implicit = False
-        self._queue.clear()
-        self._pending.clear()
         self._waiting_threads.clear()  # (the parent's threads: their idents may come again here)
-        self._resuming.clear()
-        self._gathered.clear()
-        self._orphans.clear()
-        self._died.clear()
-        self._nwait = 0
         self._loops.clear()
         self._tleader_ref = None
         if self._excl is not None:
@@ -1332,6 +1200,7 @@ class Client:
                     pass
             self._wake = None
         self._core.after_fork(self._gen)
+        self._queue.clear()
         if self._reader is not None:
             self._reader = _Reader(self)
 
@@ -1433,7 +1302,7 @@ class _Reader:
         try:
             while True:
                 with c._lock:
-                    if self._stopping or not c._nwait or c._dead is not None:
+                    if self._stopping or not c._queue.nwait or c._dead is not None:
                         self._thread = None
                         return
                 r = _io.wait_readable(t.read_fd, kick_r, interval)
@@ -1444,7 +1313,7 @@ class _Reader:
                     if interval is not None:
                         t.check_alive()
                     continue
-                if not c._nwait:
+                if not c._queue.nwait:
                     continue  # they gave up meanwhile: leave the token to others
                 b = t.read_blocking() if not t.nonblocking_read else t.try_read()
                 if b < 0:
