@@ -437,8 +437,9 @@ def handle_close(long long h):
 # path.  Between a read and the recording of its token, and between taking a
 # token's record and writing its byte, no Python code runs: a signal handler
 # that raises (Ctrl-C) can only do so before or after, never in between.
-# The FIFO queue of waiters lives in the Client (fastjob/client.py); it keeps
-# ``nwait`` up to date so that the fast path never jumps the queue.
+# The FIFO queue of waiters is the WaiterQueue below (one per Client, beside
+# its Core); it keeps ``nwait`` up to date so that the fast path never jumps
+# the queue.
 
 READ_FD = 0       # read(2) on a non-blocking description of our own
 READ_NOWAIT = 1   # preadv2(RWF_NOWAIT) on a shared blocking description
@@ -824,6 +825,188 @@ cdef class Core:
         self.owns_implicit = False
         self.implicit_free = False
         self.nwait = 0
+
+
+# -- the waiter queue ------------------------------------------------------------
+# The native twin of fastjob/_core/queue.py's PyWaiterQueue (see there for
+# what each method does and why): the same interface, so the client's hand-off
+# runs no Python frame of the queue's own, and no signal handler can run in
+# the middle of one of these methods (none calls Python code that evaluates
+# bytecode: the weak references' callback is a list's append).
+from collections import deque as _deque
+from weakref import ref as _weakref
+
+
+@cython.final
+cdef class WaiterQueue:
+    """The waiters of one client, oldest first (fastjob/_core/queue.py)."""
+
+    cdef public object order
+    cdef public set pending
+    cdef public set resuming
+    cdef public dict gathered
+    cdef public list orphans
+    cdef readonly list died
+    cdef public Py_ssize_t nwait
+    cdef object _core
+    cdef Core _ncore
+    cdef object _died_append
+
+    def __init__(self, core):
+        self._core = core
+        self._ncore = core if type(core) is Core else None
+        self.order = _deque()
+        self.pending = set()
+        self.resuming = set()
+        self.gathered = {}
+        self.orphans = []
+        self.died = []
+        self._died_append = self.died.append
+        self.nwait = 0
+
+    cdef inline void _count(self) except *:
+        self.nwait = len(self.pending)
+        cdef Py_ssize_t n = self.nwait + len(self.resuming)
+        if self._ncore is not None:
+            self._ncore.nwait = n
+        else:
+            self._core.nwait = n
+
+    def busy(self):
+        if self._ncore is not None:
+            return self._ncore.nwait != 0
+        return bool(self._core.nwait)
+
+    def enqueue(self, w, bint front=False):
+        w.gone = False
+        ref = _weakref(w, self._died_append)
+        w.ref = ref
+        if front:
+            self.order.appendleft(ref)
+        else:
+            self.order.append(ref)
+        self.pending.add(ref)
+        self.gathered[ref] = w.got
+        self._count()
+        return ref
+
+    def head(self):
+        cdef object q = self.order
+        w = q[0]() if q else None
+        if w is None or w.gone:
+            self._prune()
+            w = q[0]() if q else None
+        return w
+
+    cdef void _prune(self) except *:
+        cdef object q = self.order
+        while q:
+            ref = q[0]
+            w = ref()
+            if w is not None and not w.gone:
+                break
+            q.popleft()
+            if w is None and ref in self.pending:
+                self.pending.discard(ref)
+                self._orphan(ref)
+                self._count()
+
+    cdef inline void _orphan(self, ref) except *:
+        got = self.gathered.pop(ref, None)
+        if got:
+            self.orphans.extend(got)
+
+    def prune(self):
+        self._prune()
+
+    def sweep(self, bint scan=False):
+        self._prune()
+        cdef list dead = self.died
+        while dead:
+            ref = dead[len(dead) - 1]  # (this module is built with wraparound=False)
+            try:
+                self.pending.discard(ref)
+                self.resuming.discard(ref)
+                self._orphan(ref)
+            except TypeError:
+                pass
+            try:
+                dead.remove(ref)
+            except ValueError:
+                pass
+        if scan:
+            for ref in [r for r in self.gathered if r() is None]:
+                self.pending.discard(ref)
+                self.resuming.discard(ref)
+                self._orphan(ref)
+        self._count()
+        orphans = self.orphans
+        self.orphans = []
+        return orphans
+
+    def unlink(self, w):
+        if w.gone:
+            return
+        w.gone = True
+        self.pending.discard(w.ref)
+        self._count()
+        self._prune()
+        st = w.state
+        if st is not None:
+            st.prune()
+
+    def leave(self, w):
+        self.unlink(w)
+        ref = w.ref
+        if ref is not None:
+            self.resuming.discard(ref)
+            self.gathered.pop(ref, None)
+            self._count()
+        got = w.got
+        w.got = []
+        w.done = False
+        return got
+
+    def resumed(self, w):
+        ref = w.ref
+        if ref is not None:
+            self.resuming.discard(ref)
+            self.gathered.pop(ref, None)
+            self._count()
+
+    def live(self):
+        cdef list out = []
+        for ref in self.order:
+            w = ref()
+            if w is not None and not w.gone:
+                out.append(w)
+        return out
+
+    def serve(self, w, tok):
+        cdef list got = w.got
+        got.append(tok)
+        if len(got) < w.need:
+            return False
+        w.done = True
+        w.gone = True
+        self.order.popleft()
+        ref = w.ref
+        self.pending.discard(ref)
+        self.resuming.add(ref)
+        self._count()
+        st = w.state
+        if st is not None:
+            st.prune()
+        return True
+
+    def clear(self):
+        self.order.clear()
+        self.pending.clear()
+        self.resuming.clear()
+        self.gathered.clear()
+        self.orphans.clear()
+        self.died.clear()
+        self._count()
 
 
 # -- a ready awaitable: ``await ready(x)`` is x, with no coroutine frame -------

@@ -516,7 +516,7 @@ def test_a_raise_as_the_reader_thread_starts_leaves_one_reader(monkeypatch: pyte
     blocking reads of the pool (the sync storm test on this strategy saw a
     byte held by the stray one after the recorded one had exited)."""
     from fastjob import _waiting
-    from fastjob import client as client_mod
+    from fastjob import _reader as reader_mod
 
     monkeypatch.setenv("FASTJOB_WAIT_STRATEGY", "thread")
     with fastjob.Server(2) as s:
@@ -525,7 +525,7 @@ def test_a_raise_as_the_reader_thread_starts_leaves_one_reader(monkeypatch: pyte
         held = [c.try_acquire(), c._reader.try_get(timeout=5)]
         w = _waiting.Waiter(1)
         assert not c._register(w)  # queued: the reader thread has someone to read for
-        real = client_mod._restore_signals
+        real = reader_mod._restore_signals
         raised: list[int] = []
 
         def restore_then_raise(old: object) -> None:
@@ -537,10 +537,10 @@ def test_a_raise_as_the_reader_thread_starts_leaves_one_reader(monkeypatch: pyte
         deadline = time.monotonic() + 5
         while c._reader._thread is not None and time.monotonic() < deadline:
             time.sleep(0.01)  # the reader of try_get has exited (nobody waited then)
-        monkeypatch.setattr(client_mod, "_restore_signals", restore_then_raise)
+        monkeypatch.setattr(reader_mod, "_restore_signals", restore_then_raise)
         with pytest.raises(KeyError):
             c._reader.kick()
-        monkeypatch.setattr(client_mod, "_restore_signals", real)
+        monkeypatch.setattr(reader_mod, "_restore_signals", real)
         c._reader.kick()
         time.sleep(0.1)
         readers = [t for t in threading.enumerate() if t.name == "fastjob-reader" and t.is_alive()]

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fastjob._backend",),
     ("fastjob._core",),
     ("fastjob._waiting",),
-    ("fastjob.client",),
+    ("fastjob.client", "fastjob._reader"),
     ("fastjob._pool_size", "fastjob._governor", "fastjob._control"),
     ("fastjob.server",),
     ("fastjob._discovery",),

@@ -8,11 +8,27 @@ import gc
 import weakref
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from fastjob._core.queue import WaiterQueue
+from fastjob import _io
+from fastjob._core import queue as queue_mod
+
+# Both twins, whichever core this run uses (the native one when it is built).
+TWINS = [queue_mod.PyWaiterQueue]
+if getattr(_io._impl, "WaiterQueue", None) is not None:
+    TWINS.append(_io._impl.WaiterQueue)
+elif _io.NATIVE:
+    raise AssertionError("the native core has no WaiterQueue: rebuild it (pip install -e .)")
+try:
+    import _fastjob
+
+    if _fastjob.WaiterQueue not in TWINS:
+        TWINS.append(_fastjob.WaiterQueue)
+except ImportError:
+    pass
 
 
 class FakeCore:
@@ -32,10 +48,12 @@ class FakeWaiter:
 
 
 class QueueMachine(RuleBasedStateMachine):
+    twin: Any = None
+
     def __init__(self) -> None:
         super().__init__()
         self.core = FakeCore()
-        self.q = WaiterQueue(self.core)
+        self.q = self.twin(self.core)
         self.queued: list[FakeWaiter] = []  # the model: live queued waiters, oldest first
         self.served: list[FakeWaiter] = []  # served, not resumed
         self.given = 0  # slots handed to the queue
@@ -109,13 +127,21 @@ class QueueMachine(RuleBasedStateMachine):
             assert q.nwait >= len(self.queued)
 
 
-QueueMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
-TestWaiterQueue = QueueMachine.TestCase
+for _twin in TWINS:
+    _machine = type(f"QueueMachine_{_twin.__module__}", (QueueMachine,), {"twin": _twin})
+    _machine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+    globals()[f"TestWaiterQueue_{_twin.__module__.replace('.', '_')}"] = _machine.TestCase
 
 
-def test_clear_forgets_everyone() -> None:
+def test_the_selected_twin_follows_the_core() -> None:
+    native = getattr(_io._impl, "WaiterQueue", None)
+    assert queue_mod.WaiterQueue is (native if _io.NATIVE else queue_mod.PyWaiterQueue)
+
+
+@pytest.mark.parametrize("twin", TWINS, ids=lambda t: t.__module__)
+def test_clear_forgets_everyone(twin: Any) -> None:
     core = FakeCore()
-    q = WaiterQueue(core)
+    q = twin(core)
     waiters = [FakeWaiter(2) for _ in range(3)]
     for w in waiters:
         q.enqueue(w)
@@ -125,9 +151,10 @@ def test_clear_forgets_everyone() -> None:
     assert core.nwait == 0 and q.head() is None and q.live() == []
 
 
-def test_dead_head_is_skipped_and_its_slots_come_back() -> None:
+@pytest.mark.parametrize("twin", TWINS, ids=lambda t: t.__module__)
+def test_dead_head_is_skipped_and_its_slots_come_back(twin: Any) -> None:
     core = FakeCore()
-    q = WaiterQueue(core)
+    q = twin(core)
     first, second = FakeWaiter(2), FakeWaiter(1)
     q.enqueue(first)
     q.enqueue(second)

@@ -154,13 +154,18 @@ def test_msvc_abi_branches_compile_and_run(tmp_path: Path) -> None:
         _missing("wine, to run the MSVC-ABI build (Debian: apt-get install wine wine64)")
     env = dict(os.environ, WINEDEBUG="-all", WINEPREFIX=str(tmp_path / "prefix"),
                WINEDLLOVERRIDES="mscoree,mshtml=")
-    try:
-        run = subprocess.run([WINE, str(exe)], capture_output=True, text=True, env=env,
-                             timeout=180, stdin=subprocess.DEVNULL)
-    finally:
-        server = shutil.which("wineserver") or "/usr/lib/wine/wineserver"
-        if os.path.exists(server):
-            subprocess.run([server, "-k"], env=env, timeout=60, capture_output=True)
+    server = shutil.which("wineserver") or "/usr/lib/wine/wineserver"
+    for attempt in range(2):
+        try:
+            run = subprocess.run([WINE, str(exe)], capture_output=True, text=True, env=env,
+                                 timeout=180, stdin=subprocess.DEVNULL)
+        finally:
+            if os.path.exists(server):
+                subprocess.run([server, "-k"], env=env, timeout=60, capture_output=True)
+        if run.returncode == 0 or run.stdout:
+            break
+        # exit 1 with no output at all: wine failed to start the program (seen
+        # once under load, while a fresh prefix was being made), not sem_test
     assert run.returncode == 0, run.stdout + run.stderr
     assert "PASSED: 0 failure(s)" in run.stdout
 

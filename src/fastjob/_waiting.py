@@ -46,6 +46,10 @@ if TYPE_CHECKING:
         def _fail(self, error: JobserverError) -> None: ...
 
 
+class ReentrantWait(RuntimeError):
+    """acquire_blocking() re-entered on a thread that waits already."""
+
+
 def wake_up_pipe(what: str) -> tuple[int, int]:
     """A non-blocking pipe that wakes a waiting thread; out of fds, one
     JobserverError that names the fix."""
@@ -59,6 +63,15 @@ def wake_up_pipe(what: str) -> tuple[int, int]:
     os.set_blocking(r, False)
     os.set_blocking(w, False)
     return r, w
+
+
+def poke(pipe: tuple[int, int], what: bytes) -> None:
+    """Wake whoever waits on a wake-up pipe (a full pipe wakes them already;
+    a closed one has nobody left to wake)."""
+    try:
+        os.write(pipe[1], what)
+    except OSError:
+        pass
 
 
 class ExclusiveWait:

@@ -15,12 +15,18 @@ a sweep is O(deaths), not O(waiters)).
 
 Every method runs under the client's lock with signals blocked; none
 waits, wakes or writes: the client does that after the lock.
+
+``WaiterQueue`` is the native twin (``_fastjob.WaiterQueue``, the same code
+in Cython: no Python frame per hand-off, and no signal handler can run inside
+a method) when the native core is in use, else ``PyWaiterQueue``.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections import deque
+
+from .. import _io
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 
@@ -45,8 +51,9 @@ if TYPE_CHECKING:
         nwait: int
 
 
-class WaiterQueue:
-    """The waiters of one client, oldest first (see the module docstring)."""
+class PyWaiterQueue:
+    """The waiters of one client, oldest first (see the module docstring);
+    the pure twin of the native ``_fastjob.WaiterQueue``."""
 
     __slots__ = ("order", "pending", "resuming", "gathered", "orphans", "died", "nwait", "_core")
 
@@ -214,3 +221,10 @@ class WaiterQueue:
         self.orphans.clear()
         self.died.clear()
         self._count()
+
+
+if TYPE_CHECKING:
+    WaiterQueue = PyWaiterQueue
+else:
+    # (a native core built before it had a queue: the pure one)
+    WaiterQueue = getattr(_io._impl, "WaiterQueue", PyWaiterQueue) if _io.NATIVE else PyWaiterQueue
