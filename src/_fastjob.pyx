@@ -830,9 +830,11 @@ cdef class Core:
 # -- the waiter queue ------------------------------------------------------------
 # The native twin of fastjob/_core/queue.py's PyWaiterQueue (see there for
 # what each method does and why): the same interface, so the client's hand-off
-# runs no Python frame of the queue's own, and no signal handler can run in
-# the middle of one of these methods (none calls Python code that evaluates
-# bytecode: the weak references' callback is a list's append).
+# runs no Python frame of the queue's own.  No signal handler can run in the
+# middle of one of these methods, save inside a waiter's LoopState.prune()
+# (trio and the led strategies, called at the end; the client blocks signals
+# around every call anyway): nothing else they call evaluates bytecode (the
+# weak references' callback is a list's append, Waiter has slots).
 from collections import deque as _deque
 from weakref import ref as _weakref
 
@@ -871,11 +873,6 @@ cdef class WaiterQueue:
             self._ncore.nwait = n
         else:
             self._core.nwait = n
-
-    def busy(self):
-        if self._ncore is not None:
-            return self._ncore.nwait != 0
-        return bool(self._core.nwait)
 
     def enqueue(self, w, bint front=False):
         w.gone = False

@@ -17,8 +17,9 @@ Every method runs under the client's lock with signals blocked; none
 waits, wakes or writes: the client does that after the lock.
 
 ``WaiterQueue`` is the native twin (``_fastjob.WaiterQueue``, the same code
-in Cython: no Python frame per hand-off, and no signal handler can run inside
-a method) when the native core is in use, else ``PyWaiterQueue``.
+in Cython: no Python frame per hand-off, and no bytecode runs inside a
+method except a trio or led waiter's ``LoopState.prune``) when the native
+core is in use, else ``PyWaiterQueue``.
 """
 
 from __future__ import annotations
@@ -77,11 +78,6 @@ class PyWaiterQueue:
     def _count(self) -> None:
         self.nwait = len(self.pending)
         self._core.nwait = self.nwait + len(self.resuming)
-
-    def busy(self) -> bool:
-        """True while anyone is queued or served and not resumed (the
-        core's count: cheap, without a sweep)."""
-        return bool(self._core.nwait)
 
     def enqueue(self, w: QueuedWaiter, front: bool = False) -> weakref.ref[Any]:
         """Put w at the tail, or (the lone waiter adopted) at the head."""
