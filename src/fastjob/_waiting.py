@@ -8,9 +8,9 @@
   fd per loop for the led strategies.
 * ``ExclusiveWait``: the thread leader's EPOLLEXCLUSIVE wait (Linux).
 
-The queue itself (who is served, in what order, what a waiter that leaves
-hands on) is the Client's (``fastjob/client.py``); this module only waits
-and wakes.
+The queue itself (who is served, in what order) is ``WaiterQueue``
+(``fastjob._core.queue``), what a waiter that leaves hands on is the
+Client's (``fastjob/client.py``); this module only waits and wakes.
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
 """Client: a thin facade over the token core and the wait glue.
 
 The core (``_io.Core``: native ``_fastjob.Core`` or its pure twin) holds the
-tokens, the implicit token and the fast path.  This module holds the one
+tokens, the implicit token and the fast path; ``WaiterQueue``
+(``fastjob._core.queue``, native or pure twin as the core) holds the one
 first-come-first-served queue of waiters (threads and tasks alike, weighted
-or not) and who waits on the pool's fd for them:
+or not).  This module reads for that queue, hands on and wakes, and decides
+who waits on the pool's fd:
 
 * on each event loop only the oldest waiter of that loop (its *leader*)
   waits on the fd, and every Client of that fd on that loop shares that one
   registration;
 * among threads in ``acquire_blocking`` only the oldest (the thread leader)
   polls the fd, the others sleep on a lock of their own;
-* under the "thread" strategy one reader thread per client does the reads.
+* under the "thread" strategy one reader thread per client does the reads
+  (``fastjob._reader``).
 
 Whoever reads a token hands it to the head of the queue: a weighted waiter at
 the head gathers tokens until it has all it asked for, and those behind it
