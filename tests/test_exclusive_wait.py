@@ -196,10 +196,18 @@ def test_the_wake_count_tells_a_plain_poll_apart(how: str) -> None:
     so there are more wakes than tokens (38-50 for 18 on a quiet machine,
     where the exclusive wait gives 18).  Only more than one per token is
     asserted: the final CI of 2026-12-02 saw 24 on a loaded machine, at the
-    exclusive test's bound, and a control must not be flaky itself."""
+    exclusive test's bound, and a control must not be flaky itself.  The
+    CI of 2026-12-04 saw exactly 18 once ("one"), and "task" gave 20, 20,
+    41, 20 in a row here: a loser that gets no CPU before the next write
+    reads that one without sleeping again.  So up to three measurements,
+    and one must see the losers: a measure blind to them sees none in any."""
     n, per = 3, 6
-    wakes = _count_wakes(n, per, "poll", how)
-    assert wakes > n * per, f"only {wakes} wakes for {n * per} tokens with a plain poll"
+    seen = []
+    for _ in range(3):
+        seen.append(_count_wakes(n, per, "poll", how))
+        if seen[-1] > n * per:
+            return
+    raise AssertionError(f"only {seen} wakes for {n * per} tokens with a plain poll")
 
 
 @linux_only
