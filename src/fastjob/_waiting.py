@@ -18,6 +18,7 @@ from __future__ import annotations
 import _thread
 import os
 from collections import deque
+from itertools import islice as _islice
 
 from ._errors import JobserverError
 
@@ -125,6 +126,10 @@ class ExclusiveWait:
         self._ep.close()
 
 
+#: how much of a loop's queue LoopState.first copies before the rest
+_HEAD = 8
+
+
 class LoopState:
     """Per event loop: its waiters in order, and the leader's wait scope."""
 
@@ -145,10 +150,20 @@ class LoopState:
             sq.popleft()
 
     def first(self, skip: Waiter | None = None) -> Waiter | None:
+        """The oldest live waiter of this loop (other than skip), or None."""
         # A copy (made in one C call, the GIL held): callers look without
         # the client's lock, while the reader thread's hand-off may prune
         # this queue ("deque mutated during iteration", trio + thread).
-        for ref in tuple(self.queue):
+        # Of the head only: the whole queue, copied on every wake, made a
+        # wake with 10,000 waiters 8x one with a single waiter on trio.
+        sq = self.queue
+        for ref in tuple(_islice(sq, _HEAD)):
+            w = ref()
+            if w is not None and not w.gone and w is not skip:
+                return w
+        if len(sq) <= _HEAD:
+            return None
+        for ref in tuple(sq):  # (a head of the gone: rare, prune() drops them)
             w = ref()
             if w is not None and not w.gone and w is not skip:
                 return w
